@@ -117,7 +117,7 @@ class DistillationOption:
             values[attr] = value
         kind = _choice(values.get("algorithm_type"), f"{where}.algorithmType", ALGORITHMS, "NMS")
         if kind != "SOFT_NMS":
-            extra = sorted(_SOFT_ONLY & values.keys())
+            extra = sorted(k for k in algorithm if _ALGORITHM_KEYS[k] in _SOFT_ONLY)
             if extra:
                 raise RequestError(f"{where}.{extra[0]}", f"only applies to SOFT_NMS, not {kind}")
         option = cls(algorithm_type=kind)

@@ -1,0 +1,108 @@
+"""The one place that builds boto3 clients: region, retry modes, pool sizes, assumed roles.
+
+Everything else receives clients from an :class:`AwsClients`, so tests hand in clients bound to moto
+(``AWS_ENDPOINT_URL`` or ``endpoint_url``) without monkey-patching. Retry settings are the reference's:
+boto3's own retry modes do the back-off, we do not write our own around them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.credentials import DeferredRefreshableCredentials
+from botocore.session import Session as BotocoreSession
+
+ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
+
+_RETRIES: dict[str, dict[str, Any]] = {
+    "dynamodb": {"retries": {"mode": "standard", "max_attempts": 3}, "max_pool_connections": 50},
+    "sagemaker-runtime": {"retries": {"mode": "adaptive", "max_attempts": 30}},
+    "sagemaker": {"retries": {"mode": "adaptive", "max_attempts": 30}},
+}
+_DEFAULT = {"retries": {"mode": "standard", "max_attempts": 15}}
+
+
+class AwsClients:
+    """A cache of thread-safe boto3 clients built from one session.
+
+    ``pool_size`` sizes the connection pools of the clients that worker threads share (the model endpoint
+    and DynamoDB), so WORKERS threads never queue for a connection.
+    """
+
+    def __init__(self, region: str, *, session: boto3.Session | None = None, pool_size: int = 10,
+                 endpoint_urls: dict[str, str] | None = None) -> None:
+        self.region = region
+        self.session = session or boto3.Session(region_name=region)
+        self.pool_size = max(10, pool_size)
+        self._endpoint_urls = endpoint_urls or {}
+        self._clients: dict[tuple[str, str], Any] = {}
+        self._roles: dict[str, AwsClients] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        key = (service, "")
+        with self._lock:
+            if key not in self._clients:
+                options = dict(_RETRIES.get(service, _DEFAULT))
+                options["max_pool_connections"] = max(options.get("max_pool_connections", 10), self.pool_size)
+                kwargs: dict[str, Any] = {"region_name": self.region, "config": Config(**options)}
+                if service in self._endpoint_urls:
+                    kwargs["endpoint_url"] = self._endpoint_urls[service]
+                self._clients[key] = self.session.client(service, **kwargs)
+            return self._clients[key]
+
+    @property
+    def s3(self) -> Any:
+        return self.client("s3")
+
+    @property
+    def sqs(self) -> Any:
+        return self.client("sqs")
+
+    @property
+    def sns(self) -> Any:
+        return self.client("sns")
+
+    @property
+    def dynamodb(self) -> Any:
+        return self.client("dynamodb")
+
+    @property
+    def kinesis(self) -> Any:
+        return self.client("kinesis")
+
+    @property
+    def sagemaker_runtime(self) -> Any:
+        return self.client("sagemaker-runtime")
+
+    def for_role(self, role_arn: str | None) -> AwsClients:
+        """Clients acting as ``role_arn`` (STS AssumeRole, refreshed before expiry); self when no role."""
+        if not role_arn:
+            return self
+        with self._lock:
+            if role_arn not in self._roles:
+                self._roles[role_arn] = AwsClients(
+                    self.region, session=self._assumed_session(role_arn), pool_size=self.pool_size,
+                    endpoint_urls=self._endpoint_urls)
+            return self._roles[role_arn]
+
+    def _assumed_session(self, role_arn: str) -> boto3.Session:
+        sts = self.client("sts")
+
+        def refresh() -> dict[str, str]:
+            creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=ROLE_SESSION_NAME)["Credentials"]
+            return {"access_key": creds["AccessKeyId"], "secret_key": creds["SecretAccessKey"],
+                    "token": creds["SessionToken"], "expiry_time": creds["Expiration"].isoformat()}
+
+        core = BotocoreSession()
+        core._credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
+        return boto3.Session(botocore_session=core, region_name=self.region)
+
+    def assumed_credentials(self, role_arn: str) -> dict[str, str]:
+        """Frozen credentials of an assumed role, for GDAL's ``/vsis3/`` (which reads its own options)."""
+        creds = self.for_role(role_arn).session.get_credentials().get_frozen_credentials()
+        return {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+                "AWS_SESSION_TOKEN": creds.token or ""}

@@ -1,0 +1,140 @@
+"""Typed settings, read once from the environment at start-up and passed down.
+
+Names and defaults are the reference's (OversightML Model Runner 2.3.0), so a deployment can swap
+containers without touching its task definition. Variables the reference reads but never uses
+(``API_ENDPOINT``) are accepted and ignored. Ours are prefixed ``MR_``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+_TRUE = ("true", "True", "TRUE", "1", "yes")
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(name, "is required and not set")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        if default is None:
+            raise ConfigError(name, "is required and not set")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+
+
+def _size(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    """``REGION_SIZE`` is a Python tuple literal in the reference, e.g. ``(8192, 8192)``; ``8192`` also works."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        raise ConfigError(name, f"must be like (8192, 8192), got {raw!r}") from None
+    if isinstance(value, int):
+        value = (value, value)
+    if (not isinstance(value, tuple | list) or len(value) != 2
+            or not all(isinstance(v, int) and v > 0 for v in value)):
+        raise ConfigError(name, f"must be two positive integers like (8192, 8192), got {raw!r}")
+    return int(value[0]), int(value[1])
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker needs from its environment."""
+
+    aws_region: str
+    job_table: str
+    region_table: str
+    endpoint_table: str
+    feature_table: str
+    image_queue: str
+    region_queue: str
+    workers: int
+    workers_per_cpu: int = 1
+    image_status_topic: str | None = None
+    region_status_topic: str | None = None
+    region_size: tuple[int, int] = (10240, 10240)
+    sm_self_throttling: bool = False
+    throttling_scale_factor: int = 10
+    throttling_retry_timeout: int = 10
+    elevation_data_location: str | None = None
+    elevation_data_extension: str = ".tif"
+    elevation_data_version: str = "1arc_v3"
+    # Ours.
+    region_wait_seconds: int = 10
+    """Long-poll wait on the region queue (the reference's 10 s); the image queue is polled without waiting."""
+    visibility_timeout: int = 120
+    """Seconds a held message is kept invisible per heartbeat extension."""
+    stop_timeout: float = 30.0
+    """Seconds between SIGTERM and exit (ECS ``stopTimeout``): work not finished by then is handed back."""
+    http_verify_tls: bool = True
+    http_timeout: float = 60.0
+    ddb_ttl_days: float = 1.0
+    feature_ttl_seconds: int = 7200
+    max_tile_attempts: int = 4
+    """Attempts per tile for errors the endpoint client's own retries do not cover (e.g. HTTP 5xx)."""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable once; a missing or malformed one is a ConfigError naming it."""
+        env = os.environ if env is None else env
+        region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or ""
+        if not region:
+            raise ConfigError("AWS_DEFAULT_REGION", "is required and not set")
+        return cls(
+            aws_region=region,
+            job_table=_required(env, "JOB_TABLE") if "IMAGE_REQUEST_TABLE" not in env
+            else _required(env, "IMAGE_REQUEST_TABLE"),
+            region_table=_required(env, "REGION_REQUEST_TABLE"),
+            endpoint_table=env.get("ENDPOINT_TABLE", "").strip(),
+            feature_table=_required(env, "FEATURE_TABLE"),
+            image_queue=_required(env, "IMAGE_QUEUE"),
+            region_queue=_required(env, "REGION_QUEUE"),
+            workers=_int(env, "WORKERS", minimum=1),
+            workers_per_cpu=_int(env, "WORKERS_PER_CPU", 1, minimum=1),
+            image_status_topic=env.get("IMAGE_STATUS_TOPIC") or None,
+            region_status_topic=env.get("REGION_STATUS_TOPIC") or None,
+            region_size=_size(env, "REGION_SIZE", (10240, 10240)),
+            sm_self_throttling=env.get("SM_SELF_THROTTLING", "False") in _TRUE,
+            throttling_scale_factor=_int(env, "THROTTLING_SCALE_FACTOR", 10, minimum=1),
+            throttling_retry_timeout=_int(env, "THROTTLING_RETRY_TIMEOUT", 10, minimum=0),
+            elevation_data_location=env.get("ELEVATION_DATA_LOCATION") or None,
+            elevation_data_extension=env.get("ELEVATION_DATA_EXTENSION", ".tif"),
+            elevation_data_version=env.get("ELEVATION_DATA_VERSION", "1arc_v3"),
+            region_wait_seconds=_int(env, "MR_REGION_WAIT_SECONDS", 10),
+            visibility_timeout=_int(env, "MR_VISIBILITY_TIMEOUT", 120, minimum=2),
+            stop_timeout=_float(env, "MR_STOP_TIMEOUT", 30.0),
+            http_verify_tls=env.get("MR_HTTP_VERIFY_TLS", "true") in _TRUE,
+            http_timeout=_float(env, "MR_HTTP_TIMEOUT", 60.0),
+            ddb_ttl_days=_float(env, "DDB_TTL_IN_DAYS", 1.0),
+            max_tile_attempts=_int(env, "MR_MAX_TILE_ATTEMPTS", 4, minimum=1),
+        )

@@ -1,0 +1,224 @@
+"""Model output -> output features: tile pixels -> full-image pixels -> world coordinates.
+
+Accepts what models send (the reference's contract, section 6 of the interface notes): ``imageGeometry``,
+``imageBBox`` and the deprecated ``geom_imcoords`` / ``detection`` / ``bounds_imcoords`` forms, with
+classes as ``featureClasses`` or ``feature_types``. A feature we cannot place is an error for its tile,
+never a silent drop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import shapely.geometry
+
+from ..errors import FeatureError
+
+Feature = dict[str, Any]
+ToWorld = Callable[[np.ndarray], np.ndarray]
+
+# Model properties the output never carries (the reference removes them).
+_DROPPED = ("inferenceTime", "bounds_imcoords", "geom_imcoords", "detection_score", "feature_types",
+            "image_id", "adjusted_feature_types")
+_GEOMETRY_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
+
+
+def box_polygon(minx: float, miny: float, maxx: float, maxy: float) -> dict[str, Any]:
+    """A box as a GeoJSON Polygon in the reference's vertex order."""
+    return {"type": "Polygon", "coordinates": [[[maxx, miny], [maxx, maxy], [minx, maxy], [minx, miny],
+                                                [maxx, miny]]]}
+
+
+def _shift(coords: Any, dx: float, dy: float) -> Any:
+    if coords and isinstance(coords[0], int | float):
+        return [float(coords[0]) + dx, float(coords[1]) + dy, *coords[2:]]
+    return [_shift(c, dx, dy) for c in coords]
+
+
+def _check_geometry(geometry: Any, where: str) -> None:
+    if not isinstance(geometry, Mapping) or geometry.get("type") not in _GEOMETRY_TYPES:
+        raise FeatureError(f"{where}: imageGeometry must be a GeoJSON geometry, got {geometry!r:.80}")
+    try:
+        _positions(geometry["coordinates"])
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise FeatureError(f"{where}: imageGeometry has malformed coordinates") from None
+
+
+def _positions(coords: Any) -> list[tuple[float, float]]:
+    if coords and isinstance(coords[0], int | float):
+        x, y = float(coords[0]), float(coords[1])
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError("not finite")
+        return [(x, y)]
+    out: list[tuple[float, float]] = []
+    for c in coords:
+        out.extend(_positions(c))
+    if not out:
+        raise ValueError("empty")
+    return out
+
+
+def to_image_features(collection: Any, col: int, row: int) -> list[Feature]:
+    """Features of one tile's model answer, moved into full-image pixel coordinates.
+
+    Raises FeatureError (the tile fails) for an answer that is not a FeatureCollection-like object or a
+    feature without any image geometry. An object without ``features`` means no detections.
+    """
+    if not isinstance(collection, Mapping):
+        raise FeatureError(f"model answer must be a GeoJSON object, got {type(collection).__name__}")
+    raw = collection.get("features") or []
+    if not isinstance(raw, list):
+        raise FeatureError("model answer 'features' must be a list")
+    out: list[Feature] = []
+    for i, source in enumerate(raw):
+        where = f"feature {i}"
+        if not isinstance(source, Mapping):
+            raise FeatureError(f"{where}: must be a GeoJSON Feature object")
+        feature = copy.deepcopy(dict(source))
+        feature.setdefault("type", "Feature")
+        props = feature.get("properties")
+        if props is None:
+            props = feature["properties"] = {}
+        if not isinstance(props, dict):
+            raise FeatureError(f"{where}: properties must be an object")
+        placed = False
+        if "imageGeometry" in props:
+            _check_geometry(props["imageGeometry"], where)
+            props["imageGeometry"] = dict(props["imageGeometry"],
+                                          coordinates=_shift(props["imageGeometry"]["coordinates"], col, row))
+            placed = True
+        if "imageBBox" in props:
+            bbox = props["imageBBox"]
+            if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+                raise FeatureError(f"{where}: imageBBox must be [minx, miny, maxx, maxy]")
+            x0, y0, x1, y1 = (float(v) for v in bbox)
+            props["imageBBox"] = [x0 + col, y0 + row, x1 + col, y1 + row]
+            placed = True
+        if not placed:
+            geometry = _deprecated_geometry(props, where)
+            if geometry is None:
+                raise FeatureError(f"{where}: has no image geometry (imageGeometry, imageBBox, "
+                                   "geom_imcoords, detection or bounds_imcoords)")
+            props["imageGeometry"] = dict(geometry, coordinates=_shift(geometry["coordinates"], col, row))
+        _classes(props, where)
+        out.append(feature)
+    return out
+
+
+def _deprecated_geometry(props: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    try:
+        if props.get("geom_imcoords"):
+            ring = [[float(x), float(y)] for x, y, *_ in props["geom_imcoords"]]
+            if ring[0] != ring[-1]:
+                ring.append(ring[0])
+            return {"type": "Polygon", "coordinates": [ring]}
+        detection = props.get("detection")
+        if isinstance(detection, Mapping) and detection.get("pixelCoordinates") is not None:
+            geometry = {"type": detection.get("type", "Polygon"), "coordinates": detection["pixelCoordinates"]}
+            _check_geometry(geometry, where)
+            return geometry
+        if props.get("bounds_imcoords"):
+            x0, y0, x1, y1 = (float(v) for v in props["bounds_imcoords"])
+            return box_polygon(x0, y0, x1, y1)
+    except (TypeError, ValueError, IndexError):
+        raise FeatureError(f"{where}: malformed deprecated image geometry") from None
+    return None
+
+
+def _classes(props: dict[str, Any], where: str) -> None:
+    if "featureClasses" not in props and isinstance(props.get("feature_types"), Mapping):
+        props["featureClasses"] = [{"iri": k, "score": v} for k, v in props["feature_types"].items()]
+    classes = props.get("featureClasses")
+    if classes is None:
+        return
+    if not isinstance(classes, list) or not all(isinstance(c, Mapping) and "iri" in c for c in classes):
+        raise FeatureError(f"{where}: featureClasses must be a list of {{iri, score}} objects")
+
+
+def image_shape(props: Mapping[str, Any]) -> Any:
+    """The feature's pixel geometry as a shapely object (imageGeometry, else the imageBBox box)."""
+    if "imageGeometry" in props:
+        return shapely.geometry.shape(props["imageGeometry"])
+    x0, y0, x1, y1 = props["imageBBox"]
+    return shapely.geometry.box(x0, y0, x1, y1)
+
+
+def _round(coords: Any) -> Any:
+    if coords and isinstance(coords[0], int | float):
+        return [round(float(v), 6) for v in coords]
+    return [_round(c) for c in coords]
+
+
+def _replace_positions(coords: Any, table: dict[tuple[float, float], tuple[float, ...]]) -> Any:
+    if coords and isinstance(coords[0], int | float):
+        return [round(v, 6) for v in table[(float(coords[0]), float(coords[1]))]]
+    return [_replace_positions(c, table) for c in coords]
+
+
+def geolocate(features: Sequence[Feature], to_world: ToWorld | None) -> None:
+    """Fill ``geometry``, ``bbox`` and the centre lon/lat of each feature in place (one transform call).
+
+    Without a sensor model (``to_world`` None) features keep their image coordinates only, as the
+    reference does. Image geometries are rounded to 6 decimals like every GeoJSON geometry we write.
+    """
+    for feature in features:
+        props = feature["properties"]
+        if "imageGeometry" in props:
+            geometry = props["imageGeometry"]
+            props["imageGeometry"] = dict(geometry, coordinates=_round(geometry["coordinates"]))
+    if to_world is None or not features:
+        return
+    points: list[tuple[float, float]] = []
+    spans: list[tuple[int, int, int]] = []  # start of geometry points, start of bbox corners, centre index
+    for feature in features:
+        props = feature["properties"]
+        start = len(points)
+        if "imageGeometry" in props:
+            points.extend(_positions(props["imageGeometry"]["coordinates"]))
+        corners = len(points)
+        if "imageBBox" in props:
+            x0, y0, x1, y1 = props["imageBBox"]
+            points.extend([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+        centre = image_shape(props).centroid
+        if centre.is_empty:
+            x0, y0, x1, y1 = image_shape(props).bounds
+            points.append(((x0 + x1) / 2, (y0 + y1) / 2))
+        else:
+            points.append((centre.x, centre.y))
+        spans.append((start, corners, len(points) - 1))
+    world = to_world(np.asarray(points))
+    for feature, (start, corners, centre_at) in zip(features, spans, strict=True):
+        props = feature["properties"]
+        if "imageGeometry" in props:
+            table = {points[i]: tuple(world[i]) for i in range(start, corners)}
+            feature["geometry"] = {"type": props["imageGeometry"]["type"],
+                                   "coordinates": _replace_positions(props["imageGeometry"]["coordinates"], table)}
+        if "imageBBox" in props:
+            lon = world[corners:corners + 4, 0]
+            lat = world[corners:corners + 4, 1]
+            feature["bbox"] = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
+        props["center_longitude"] = float(world[centre_at, 0])
+        props["center_latitude"] = float(world[centre_at, 1])
+
+
+def finish(features: Iterable[Feature], *, job_id: str, inference_dt: str,
+           feature_properties: Sequence[Mapping[str, Any]] = (),
+           source_metadata: list[dict[str, Any]] | None = None) -> list[Feature]:
+    """Add the runner's properties and drop the model's deprecated ones (order as the reference)."""
+    out = []
+    for feature in features:
+        props = feature["properties"]
+        props["inferenceMetadata"] = {"jobId": job_id, "inferenceDT": inference_dt}
+        for extra in feature_properties:
+            props.update(copy.deepcopy(dict(extra)))
+        if source_metadata:
+            props["sourceMetadata"] = copy.deepcopy(source_metadata)
+        for key in _DROPPED:
+            if props.get(key):
+                del props[key]
+        out.append(feature)
+    return out

@@ -1,0 +1,116 @@
+"""Pixel -> world (WGS84 lon/lat) through GDAL's own transformers: geotransform (any SRS) or RPC.
+
+We never reimplement a sensor model: GDAL's GenImgProj transformer does geotransform + reprojection,
+and its RPC transformer inverts the RPC (optionally over a DEM). Coordinates are vectorised: one call
+per tile for all of its features.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from osgeo import gdal, osr
+
+from ..errors import ImageError
+
+_IDENTITY = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Georeference:
+    """How an image maps to the world, carried to tile chips (geotransform+SRS, or RPCs)."""
+
+    geotransform: tuple[float, ...] | None = None
+    projection: str = ""
+    rpc: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        if self.rpc:
+            return "RPC"
+        if self.geotransform and self.projection:
+            return "AFFINE"
+        return "NONE"
+
+    @classmethod
+    def of(cls, dataset: gdal.Dataset) -> Georeference:
+        geotransform = tuple(dataset.GetGeoTransform(can_return_null=True) or ()) or None
+        if geotransform == _IDENTITY:
+            geotransform = None
+        return cls(geotransform=geotransform, projection=dataset.GetProjection() or "",
+                   rpc=dict(dataset.GetMetadata_Dict("RPC") or {}))
+
+    def for_chip(self, col: int, row: int) -> Georeference:
+        """The same mapping for a chip whose origin is (col, row) of the full image."""
+        gt = self.geotransform
+        chip_gt = None
+        if gt is not None:
+            chip_gt = (gt[0] + col * gt[1] + row * gt[2], gt[1], gt[2],
+                       gt[3] + col * gt[4] + row * gt[5], gt[4], gt[5])
+        rpc = dict(self.rpc)
+        if rpc:
+            rpc["LINE_OFF"] = repr(float(rpc["LINE_OFF"]) - row)
+            rpc["SAMP_OFF"] = repr(float(rpc["SAMP_OFF"]) - col)
+        return Georeference(chip_gt, self.projection, rpc)
+
+
+class Geolocator:
+    """Maps full-image pixel (x=column, y=row) to (lon, lat, elevation). Safe to share between threads."""
+
+    def __init__(self, dataset: gdal.Dataset, georef: Georeference, dem_path: str | None = None) -> None:
+        options = ["DST_SRS=EPSG:4326"]
+        if georef.kind == "RPC":
+            options += ["METHOD=RPC", "RPC_PIXEL_ERROR_THRESHOLD=0.000001", "RPC_MAX_ITERATIONS=50"]
+            if dem_path:
+                options += [f"RPC_DEM={dem_path}", "RPC_DEMINTERPOLATION=bilinear"]
+        elif georef.kind != "AFFINE":
+            raise ImageError("image has no geotransform with a spatial reference and no RPC")
+        try:
+            self._transformer = gdal.Transformer(dataset, None, options)
+        except RuntimeError as err:
+            raise ImageError(f"cannot build the pixel -> world transformer: {err}") from None
+        self._dataset = dataset  # the transformer may refer to it
+        self._lock = threading.Lock()
+        self.kind = georef.kind
+        self.uses_dem = bool(dem_path) and georef.kind == "RPC"
+
+    @classmethod
+    def for_dataset(cls, dataset: gdal.Dataset, dem_path: str | None = None) -> Geolocator | None:
+        """A geolocator, or None when the image has no usable sensor model (features stay in pixels)."""
+        georef = Georeference.of(dataset)
+        if georef.kind == "NONE":
+            return None
+        return cls(dataset, georef, dem_path)
+
+    def to_world(self, xy: np.ndarray) -> np.ndarray:
+        """(n, 2) pixel x, y -> (n, 3) lon, lat, elevation (0 without a DEM)."""
+        points = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if len(points) == 0:
+            return np.zeros((0, 3))
+        with self._lock:
+            out, ok = self._transformer.TransformPoints(0, points)
+        result = np.asarray(out, dtype=np.float64).reshape(-1, 3)
+        if not all(ok):
+            bad = [tuple(points[i]) for i, good in enumerate(ok) if not good][:3]
+            raise ImageError(f"pixel -> world failed for {len(ok) - sum(map(bool, ok))} point(s), e.g. {bad}")
+        if not self.uses_dem:
+            result[:, 2] = 0.0
+        return result
+
+    def to_pixel(self, lonlat: np.ndarray) -> np.ndarray:
+        """(n, 2) lon, lat -> (n, 2) pixel x, y (used to bring a region of interest into the image)."""
+        points = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
+        with self._lock:
+            out, ok = self._transformer.TransformPoints(1, points)
+        if not all(ok):
+            raise ImageError("world -> pixel failed for some region-of-interest vertices")
+        return np.asarray(out, dtype=np.float64).reshape(-1, 3)[:, :2]
+
+
+def wgs84() -> osr.SpatialReference:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs

@@ -1,0 +1,94 @@
+"""Where a model is called: tile bytes in, a GeoJSON FeatureCollection (a dict) out.
+
+Two endpoint kinds, as the reference: SageMaker runtime ``InvokeEndpoint`` (botocore's adaptive retry mode
+does throttling and 5xx back-off) and a plain HTTP POST (urllib3's Retry does the same for HTTP). Unlike the
+reference, HTTP non-2xx answers are errors, a Content-Type is sent, and TLS is verified unless configured off.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import urllib3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import InferenceError
+
+# imageProcessorParameters that reach InvokeEndpoint (the upstream runner's list).
+SAGEMAKER_PARAMETERS = ("ContentType", "Accept", "CustomAttributes", "TargetModel", "TargetVariant",
+                        "TargetContainerHostname", "InferenceId", "EnableExplanations", "InferenceComponentName",
+                        "SessionId")
+TILE_CONTENT_TYPES = {"GTIFF": "image/tiff", "NITF": "application/octet-stream", "PNG": "image/png",
+                      "JPEG": "image/jpeg"}
+
+
+class Detector(Protocol):
+    """Anything that turns one encoded tile into a FeatureCollection dict."""
+
+    name: str
+
+    def __call__(self, payload: bytes) -> dict[str, Any]: ...
+
+
+def _parse(body: bytes, source: str) -> dict[str, Any]:
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InferenceError(f"{source} answered with something that is not JSON: {err}") from None
+    if not isinstance(answer, dict):
+        raise InferenceError(f"{source} answered with JSON that is not an object")
+    return answer
+
+
+class SageMakerDetector:
+    """SageMaker runtime ``InvokeEndpoint``; retries are botocore's (adaptive mode, set in ``aws.py``)."""
+
+    def __init__(self, client: Any, endpoint: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.client = client
+        self.name = endpoint
+        self.parameters = {k: v for k, v in (parameters or {}).items() if k in SAGEMAKER_PARAMETERS}
+
+    def __call__(self, payload: bytes) -> dict[str, Any]:
+        try:
+            response = self.client.invoke_endpoint(EndpointName=self.name, Body=payload, **self.parameters)
+            body = response["Body"].read()
+        except ClientError as err:
+            raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
+        except BotoCoreError as err:
+            raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
+        return _parse(body, f"SageMaker endpoint {self.name}")
+
+
+class HttpDetector:
+    """A plain HTTP model endpoint: POST the tile bytes to the URL (``imageProcessor.name``)."""
+
+    RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 60.0, verify_tls: bool = True,
+                 retries: int = 5, backoff: float = 0.2, content_type: str = "application/octet-stream",
+                 parameters: Mapping[str, Any] | None = None) -> None:
+        self.name = url
+        retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
+                              status_forcelist=self.RETRY_STATUSES, allowed_methods=None,
+                              raise_on_status=False, respect_retry_after_header=True)
+        self._pool = urllib3.PoolManager(num_pools=4, maxsize=max(1, pool_size), block=True, retries=retry,
+                                         timeout=urllib3.Timeout(connect=10.0, read=timeout),
+                                         cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE")
+        self.headers = {"Content-Type": content_type, "Accept": "application/json"}
+        for key, value in (parameters or {}).items():
+            header = "X-Amzn-SageMaker-Custom-Attributes" if key == "CustomAttributes" else key
+            self.headers[header] = str(value)
+
+    def __call__(self, payload: bytes) -> dict[str, Any]:
+        try:
+            response = self._pool.request("POST", self.name, body=payload, headers=self.headers)
+        except urllib3.exceptions.HTTPError as err:
+            raise InferenceError(f"HTTP endpoint {self.name}: {err}") from None
+        if not 200 <= response.status < 300:
+            raise InferenceError(f"HTTP endpoint {self.name} answered {response.status}: {response.data[:200]!r}")
+        return _parse(response.data, f"HTTP endpoint {self.name}")
+
+    def close(self) -> None:
+        self._pool.clear()

@@ -1,0 +1,166 @@
+"""``modelrunner demo``: the real worker on an embedded stand-in for AWS, with a live progress bar.
+
+Starts moto and the bundled model on 127.0.0.1, creates the deployment's resources, makes a synthetic
+georeferenced scene (or takes ``--image``), uploads it and requests it by its ``s3://`` URL (so the range-read
+path runs), runs worker process(es) as the container runs them, and writes into the output folder:
+``result.geojson``, ``overlay.png``, ``request.json`` and ``statuses.json``. Everything started is stopped
+at the end, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+from ..state.jobs import FINAL, JobStore
+from ..state.regions import RegionStore
+from .overlay import recall, render_overlay
+from .stack import (
+    Process,
+    Resources,
+    create_resources,
+    read_statuses,
+    start_model,
+    start_moto,
+    start_worker,
+    stop_process,
+)
+
+
+def _bar(done: int, total: int, width: int = 28) -> str:
+    filled = int(width * done / total) if total else 0
+    return "#" * filled + "-" * (width - filled)
+
+
+def _progress(res: Resources, image_id: str, started: float) -> tuple[dict[str, Any], str]:
+    ddb = res.client("dynamodb")
+    job = JobStore(ddb, res.job_table).get(image_id)
+    rows = RegionStore(ddb, res.region_table).all(image_id) if job else []
+    done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
+    total = int(job.get("tile_count", 0) or 0)
+    elapsed = max(1e-6, time.monotonic() - started)
+    rate = done / elapsed
+    eta = (total - done) / rate if rate > 0 and total else float("nan")
+    regions = f"{job.get('regions_done', 0)}/{job.get('region_count', 0)}"
+    line = (f"[{_bar(done, total)}] tiles {done}/{total or '?'}  {rate:5.1f} tiles/s  "
+            f"ETA {eta:4.0f}s  regions {regions}  {job.get('job_status', 'QUEUED')}")
+    return job, line
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out_dir = os.path.abspath(args.output)
+    os.makedirs(out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="modelrunner-demo-")
+    processes: list[Process] = []
+    workers: list[Any] = []
+    try:
+        print("starting moto (AWS stand-in) and the bundled model on 127.0.0.1 ...", flush=True)
+        moto = start_moto()
+        processes.append(moto)
+        model = start_model(args.model)
+        processes.append(model)
+        res = create_resources(moto.url, prefix="demo")
+
+        truth = None
+        if args.image:
+            image_path = os.path.abspath(args.image)
+        else:
+            from .scene import make_scene
+
+            image_path = os.path.join(work, "scene.tif")
+            scene = make_scene(image_path, args.width, args.height, seed=args.seed)
+            truth = scene.objects
+            print(f"made a synthetic {args.width} x {args.height} scene with {len(truth)} objects", flush=True)
+        key = "images/" + os.path.basename(image_path)
+        res.client("s3").upload_file(image_path, res.extra["image_bucket"], key)
+        url = f"s3://{res.extra['image_bucket']}/{key}"
+
+        job_id = f"demo-{int(time.time())}"
+        model_name = args.model if args.endpoint_type == "SM_ENDPOINT" else model.url + "/invocations"
+        request = {
+            "jobId": job_id, "jobName": job_id, "imageUrls": [url],
+            "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": "results/"},
+                        {"type": "Kinesis", "stream": res.stream, "batchSize": 500}],
+            "imageProcessor": {"name": model_name, "type": args.endpoint_type},
+            "imageProcessorTileSize": args.tile_size, "imageProcessorTileOverlap": args.tile_overlap,
+            "imageProcessorTileFormat": args.tile_format, "imageProcessorTileCompression": args.tile_compression,
+        }
+        with open(os.path.join(out_dir, "request.json"), "w") as handle:
+            json.dump(request, handle, indent=2)
+        env = res.worker_env(model_url=model.url, workers=args.workers, region_size=args.region_size)
+        for i in range(max(1, getattr(args, "workers_processes", 1))):
+            workers.append(start_worker(env, log_path=os.path.join(out_dir, f"worker-{i + 1}.log")))
+        res.client("sqs").send_message(QueueUrl=res.image_queue, MessageBody=json.dumps(request))
+        print(f"submitted job {job_id} for {url}", flush=True)
+
+        image_id = f"{job_id}:{url}"
+        statuses: list[dict[str, Any]] = []
+        job: dict[str, Any] = {}
+        job_started = time.monotonic()
+        tty = sys.stdout.isatty()
+        last_line = ""
+        while time.monotonic() - job_started < args.timeout:
+            statuses.extend(read_statuses(res))
+            job, line = _progress(res, image_id, job_started)
+            if line != last_line:
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+                last_line = line
+            if job.get("job_status") in FINAL and job.get("end_time"):
+                break
+            if all(w.poll() is not None for w in workers):
+                print("\nall workers exited; see worker-*.log", file=sys.stderr)
+                break
+            time.sleep(0.5)
+        print()
+        statuses.extend(read_statuses(res, wait=1))
+        with open(os.path.join(out_dir, "statuses.json"), "w") as handle:
+            json.dump(statuses, handle, indent=2)
+        status = job.get("job_status", "UNKNOWN")
+        if status not in FINAL:
+            print(f"job did not finish within {args.timeout} s", file=sys.stderr)
+            return 1
+
+        features: list[dict[str, Any]] = []
+        result_path = os.path.join(out_dir, "result.geojson")
+        try:
+            res.client("s3").download_file(res.bucket, f"results/{job_id}.geojson", result_path)
+            with open(result_path) as handle:
+                features = json.load(handle)["features"]
+        except Exception as err:  # a FAILED job has no result; say so
+            print(f"no result object: {err}", file=sys.stderr)
+        overlay_path = os.path.join(out_dir, "overlay.png")
+        drawn = render_overlay(image_path, features, overlay_path)
+        seconds = float(job.get("processing_duration", 0))
+        tiles = int(job.get("tile_count", 0))
+        rows = [
+            ("status", status + ("" if status == "SUCCESS" else f" ({job.get('status_reason', '')})")),
+            ("image", f"{job.get('width')} x {job.get('height')} px, {job.get('image_extension', '')}"),
+            ("regions", f"{job.get('region_count')} ({job.get('region_success')} ok, "
+                        f"{job.get('region_error')} errors)"),
+            ("tiles", f"{tiles} ({job.get('failed_tile_count', 0)} failed)"),
+            ("features", f"{job.get('feature_count', len(features))} after merging "
+                         f"{job.get('raw_feature_count', '?')} detections"),
+            ("seconds", f"{seconds:.2f} ({tiles / seconds if seconds else 0:.1f} tiles/s)"),
+        ]
+        if truth is not None and args.model == "objects":
+            rows.append(("recall", f"{recall(truth, features):.3f} of {len(truth)} ground-truth objects"))
+        rows += [("result", result_path), ("overlay", f"{overlay_path} ({drawn} boxes)"),
+                 ("statuses", os.path.join(out_dir, "statuses.json"))]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
+        return 0 if status in ("SUCCESS", "PARTIAL") else 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        for proc in workers:
+            stop_process(proc)
+        for process in reversed(processes):
+            process.stop()
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,85 @@
+"""A picture of a result: the image, downsampled, with each detection's box drawn on it (PNG via GDAL)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from osgeo import gdal
+
+COLOUR = (255, 40, 40)
+
+
+def _stretch(pixels: np.ndarray) -> np.ndarray:
+    """Any pixel type to 8 bits for display (2-98 % percentile stretch per band)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for i, band in enumerate(pixels):
+        lo, hi = np.percentile(band, (2, 98))
+        out[i] = np.clip((band - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+    return out
+
+
+def feature_boxes(features: Sequence[dict[str, Any]]) -> list[tuple[float, float, float, float]]:
+    """Pixel boxes (minx, miny, maxx, maxy) of features, from imageGeometry or imageBBox."""
+    boxes = []
+    for feature in features:
+        props = feature.get("properties") or {}
+        if "imageBBox" in props:
+            boxes.append(tuple(float(v) for v in props["imageBBox"]))
+            continue
+        coords = np.array(_flatten(props["imageGeometry"]["coordinates"]), dtype=float).reshape(-1, 2)
+        boxes.append((coords[:, 0].min(), coords[:, 1].min(), coords[:, 0].max(), coords[:, 1].max()))
+    return boxes
+
+
+def _flatten(coords: Any) -> list[float]:
+    if coords and isinstance(coords[0], int | float):
+        return [float(coords[0]), float(coords[1])]
+    return [v for c in coords for v in _flatten(c)]
+
+
+def render_overlay(image_path: str, features: Sequence[dict[str, Any]], out_path: str, max_side: int = 1600) -> int:
+    """Write the overlay PNG; returns the number of boxes drawn."""
+    dataset = gdal.Open(image_path)
+    width, height = dataset.RasterXSize, dataset.RasterYSize
+    scale = min(1.0, max_side / max(width, height))
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    bands = [min(i, dataset.RasterCount) for i in (1, 2, 3)]
+    pixels = np.stack([dataset.GetRasterBand(b).ReadAsArray(buf_xsize=out_w, buf_ysize=out_h) for b in bands])
+    canvas = _stretch(pixels).copy()
+    drawn = 0
+    for minx, miny, maxx, maxy in feature_boxes(features):
+        x0, x1 = (int(np.clip(round(v * scale), 0, out_w - 1)) for v in (minx, maxx))
+        y0, y1 = (int(np.clip(round(v * scale), 0, out_h - 1)) for v in (miny, maxy))
+        for c, value in enumerate(COLOUR):
+            canvas[c, y0, x0:x1 + 1] = value
+            canvas[c, y1, x0:x1 + 1] = value
+            canvas[c, y0:y1 + 1, x0] = value
+            canvas[c, y0:y1 + 1, x1] = value
+        drawn += 1
+    mem = gdal.GetDriverByName("MEM").Create("", out_w, out_h, 3, gdal.GDT_Byte)
+    for i in range(3):
+        mem.GetRasterBand(i + 1).WriteArray(canvas[i])
+    gdal.GetDriverByName("PNG").CreateCopy(out_path, mem)
+    return drawn
+
+
+def recall(truth: Sequence[tuple[float, float, float, float]], features: Sequence[dict[str, Any]],
+           min_iou: float = 0.5) -> float:
+    """Fraction of ground-truth boxes matched by a detection with IoU >= ``min_iou``."""
+    if not truth:
+        return 1.0
+    found = np.array(feature_boxes(features), dtype=float).reshape(-1, 4)
+    hits = 0
+    for x0, y0, x1, y1 in truth:
+        if len(found) == 0:
+            break
+        iw = np.clip(np.minimum(found[:, 2], x1) - np.maximum(found[:, 0], x0), 0, None)
+        ih = np.clip(np.minimum(found[:, 3], y1) - np.maximum(found[:, 1], y0), 0, None)
+        inter = iw * ih
+        union = (x1 - x0) * (y1 - y0) + (found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]) - inter
+        hits += bool(np.any(inter / np.maximum(union, 1e-9) >= min_iou))
+    return hits / len(truth)

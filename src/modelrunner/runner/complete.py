@@ -1,0 +1,96 @@
+"""Complete a job: exactly one worker loads every region's result, merges across region seams, writes
+the outputs (S3 first, then Kinesis) and ends the job SUCCESS / PARTIAL / FAILED once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from ..errors import SinkError
+from ..features.merge import distill
+from ..requests import DistillationOption, ImageRequest, KinesisOutput, S3Output
+from ..sinks import SinkResult, write_kinesis, write_s3
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+def maybe_complete(services: Services, image_id: str) -> str | None:
+    """Complete the job if every region is counted and nobody else is completing it; the final status."""
+    lease = max(60.0, services.settings.visibility_timeout)
+    if not services.jobs.claim_completion(image_id, services.worker_id, lease):
+        return None
+    return complete(services, image_id)
+
+
+def complete(services: Services, image_id: str) -> str | None:
+    started = time.monotonic()
+    job = services.jobs.get(image_id)
+    request = ImageRequest.from_dict(json.loads(job["request"]))
+    rows = services.regions.all(image_id)
+    counts = {r["region_id"]: int(r.get("result_chunks", 0)) for r in rows if int(r.get("result_chunks", 0))}
+    results = services.features.region_results(image_id, counts)
+    order = sorted(rows, key=lambda r: int(r.get("region_index", 0)))
+    features = [f for r in order for f in results.get(r["region_id"], [])]
+    merged = distill(features, request.distillation)
+    select_s = time.monotonic() - started
+
+    sink_results: list[SinkResult] = []
+    reasons: list[str] = []
+    for output in request.outputs:
+        clients = services.aws.for_role(output.role)
+        try:
+            if isinstance(output, S3Output):
+                sink_results.append(write_s3(clients.s3, output, request.job_id, merged))
+            elif isinstance(output, KinesisOutput):
+                sink_results.append(write_kinesis(clients.kinesis, output, request.job_id, merged))
+        except SinkError as err:
+            reasons.append(str(err))
+        except Exception as err:  # an output we could not write is reported, never swallowed
+            log.exception("output %s failed", output)
+            reasons.append(f"{output.to_dict()['type']} output failed: {err}")
+    for result in sink_results:
+        reasons.extend(result.reasons)
+
+    success = int(job.get("region_success", 0))
+    errors = int(job.get("region_error", 0))
+    failed_tiles = sum(int(r.get("failed_tile_count", 0)) for r in rows)
+    written = [r for r in sink_results if r.features_written or not r.features_failed]
+    if not written or success == 0:
+        status = "FAILED"
+    elif errors or reasons or any(r.features_failed for r in sink_results):
+        status = "PARTIAL"
+    else:
+        status = "SUCCESS"
+    reason = "Completed image processing"
+    if status != "SUCCESS":
+        details = [f"{errors} of {success + errors} regions had errors ({failed_tiles} tiles failed)"] if errors else []
+        reason = f"{reason}: " + "; ".join(details + reasons[:5]) if details or reasons else reason
+    fields: dict[str, Any] = {
+        "feature_count": len(merged), "raw_feature_count": len(features), "failed_tile_count": failed_tiles,
+        "outputs_written": json.dumps([r.sink for r in sink_results]),
+    }
+    duration = services.jobs.end(image_id, status, reason, fields)
+    if duration is None:
+        log.info("job %s was ended by another worker", request.job_id)
+        return None
+    services.status.image(status, request.job_id, image_id, reason, duration)
+    services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
+                                              "InputFormat": str(job.get("image_extension", "UNKNOWN"))},
+                          {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
+                           "Errors": (1 if status != "SUCCESS" else 0, "Count")})
+    services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
+    return status
+
+
+def fail_job(services: Services, request: ImageRequest, reason: str) -> None:
+    """End a started job FAILED with the reason (once: a second call does nothing)."""
+    duration = services.jobs.end(request.image_id, "FAILED", reason)
+    if duration is not None:
+        services.status.image("FAILED", request.job_id, request.image_id, reason, duration)
+
+
+def distillation_of(job: dict[str, Any]) -> DistillationOption:
+    return DistillationOption.from_stored(json.loads(job.get("feature_distillation_option") or "{}"))

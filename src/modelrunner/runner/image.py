@@ -1,0 +1,95 @@
+"""Start an image: job row, STARTED, open the image lazily, plan regions, queue regions 2..n.
+
+Returns the first region, which the caller processes itself. Safe to run twice for the same message:
+the job row and region rows are conditional writes, and duplicate region messages find their region
+already finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..errors import ImageError
+from ..imagery.geolocate import Geolocator
+from ..imagery.source import ImageSource, set_read_credentials, split_s3_url
+from ..requests import ImageRequest, RegionRequest
+from .plan import plan_image
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _check_s3_object(services: Services, request: ImageRequest) -> None:
+    parts = split_s3_url(request.image_url)
+    if parts is None:
+        return
+    s3 = services.aws.for_role(request.image_read_role).s3
+    try:
+        s3.head_object(Bucket=parts[0], Key=parts[1])
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        raise ImageError(f"image {request.image_url} cannot be read from S3 ({code or err})") from None
+
+
+def _extents(geolocator: Geolocator | None, width: int, height: int) -> str | None:
+    if geolocator is None:
+        return None
+    corners = geolocator.to_world([(0, 0), (width, 0), (width, height), (0, height)])
+    return json.dumps({"north": float(corners[:, 1].max()), "south": float(corners[:, 1].min()),
+                       "east": float(corners[:, 0].max()), "west": float(corners[:, 0].min())})
+
+
+def start_image(services: Services, request: ImageRequest) -> tuple[RegionRequest | None, dict[str, Any]]:
+    """Plan and queue the image; returns (first region to process here, job row), or (None, row) when
+    this job was already finished by an earlier delivery of the same message."""
+    created = services.jobs.create(request)
+    if not created:
+        job = services.jobs.get(request.image_id)
+        if "end_time" in job:
+            log.info("job %s already ended (%s): duplicate image message", request.job_id, job.get("job_status"))
+            return None, job
+        log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
+    else:
+        services.status.image("STARTED", request.job_id, request.image_id, "Started image request")
+
+    _check_s3_object(services, request)
+    if request.image_read_role:
+        set_read_credentials(request.image_url, services.aws.assumed_credentials(request.image_read_role))
+    with ImageSource.open(request.image_url) as source:
+        geolocator = Geolocator.for_dataset(source.dataset, services.settings.elevation_data_location)
+        plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,
+                          services.settings.region_size, request.roi_wkt, geolocator)
+        info = source.info
+        extents = _extents(geolocator, info.width, info.height)
+    if not plan.regions:
+        raise ImageError("no tile of the image lies in the regionOfInterest")
+    regions = [RegionRequest.for_image(request, r.bounds, info.extension) for r in plan.regions]
+    tile_total = sum(r.tile_count if plan.roi is None else sum(1 for t in plan.grid.tiles(r.cols, r.rows)
+                                                                 if plan.keeps(t)) for r in plan.regions)
+    services.jobs.update(request.image_id, {
+        "width": info.width, "height": info.height, "region_count": len(regions), "tile_count": tile_total,
+        "extents": extents, "job_status": "IN_PROGRESS", "image_extension": info.extension,
+        "sensor_model": geolocator.kind if geolocator else "NONE",
+    })
+    services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
+    for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
+        services.regions.plan(region, index, planned.tile_count)
+    _queue_regions(services, regions[1:])
+    job = services.jobs.get(request.image_id)
+    return regions[0], job
+
+
+def _queue_regions(services: Services, regions: list[RegionRequest]) -> None:
+    sqs = services.aws.sqs
+    for start in range(0, len(regions), 10):
+        batch = regions[start:start + 10]
+        entries = [{"Id": str(i), "MessageBody": r.to_json()} for i, r in enumerate(batch)]
+        answer = sqs.send_message_batch(QueueUrl=services.settings.region_queue, Entries=entries)
+        if answer.get("Failed"):
+            failed = {int(f["Id"]) for f in answer["Failed"]}
+            for i in sorted(failed):  # SendMessageBatch can fail per entry: retry each once, loudly
+                sqs.send_message(QueueUrl=services.settings.region_queue, MessageBody=batch[i].to_json())

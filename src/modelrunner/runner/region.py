@@ -1,0 +1,176 @@
+"""Process one region: read tiles, encode, invoke the model from a thread pool, build features, merge,
+store the region's result, and count the region towards its job (exactly once)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import shapely.geometry
+
+from ..errors import ModelRunnerError
+from ..features.convert import Feature, finish, geolocate, image_shape, to_image_features
+from ..features.merge import distill
+from ..imagery.encode import encode_tile
+from ..imagery.geolocate import Geolocator, Georeference
+from ..imagery.grid import Tile
+from ..imagery.source import ImageSource, nitf_source_metadata
+from ..inference.pool import bounded_map
+from ..requests import DistillationOption, RegionRequest
+from .plan import plan_image
+from .services import Services
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+
+
+class RegionAborted(ModelRunnerError):
+    """The worker is stopping: the region is handed back unfinished (its message becomes visible again)."""
+
+
+@dataclass
+class RegionOutcome:
+    region_id: str
+    status: str
+    total_tiles: int = 0
+    failed_tiles: list[Any] = field(default_factory=list)
+    feature_count: int = 0
+    counted: bool = False  # False when the region had already been finished by an earlier delivery
+    seconds: float = 0.0
+
+
+@dataclass
+class _TileWork:
+    tile: Tile
+    pixels: np.ndarray
+
+
+def _strips(source: ImageSource, tiles_by_row: list[list[Tile]]) -> Iterator[_TileWork]:
+    """Read one strip per tile row (one GDAL read), then slice the tiles out of it."""
+    for row_tiles in tiles_by_row:
+        first, last = row_tiles[0], row_tiles[-1]
+        width = last.col + last.width - first.col
+        strip = source.read(first.col, first.row, width, first.height)
+        for tile in row_tiles:
+            offset = tile.col - first.col
+            yield _TileWork(tile, np.ascontiguousarray(strip[:, :, offset:offset + tile.width]))
+
+
+def process_region(services: Services, region: RegionRequest, *, job: dict[str, Any],
+                   abort: threading.Event | None = None) -> RegionOutcome:
+    """Run every tile of the region; the region row ends final and the job counts it, once."""
+    started = time.monotonic()
+    start_ms = int(time.time() * 1000)
+    before = services.regions.start(region, services.worker_id)
+    if before.get("region_status") in ("SUCCESS", "PARTIAL", "FAILED"):
+        log.info("region %s already finished (%s): not processed again", region.region_id, before["region_status"])
+        return RegionOutcome(region.region_id, before["region_status"], counted=False)
+
+    message = None
+    failed: list[Any] = []
+    succeeded: list[Any] = []
+    merged: list[Feature] = []
+    total = 0
+    try:
+        features, total, succeeded, failed = _run_tiles(services, region, job, abort)
+        option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
+        merged = distill(features, option)
+        chunks = services.features.put_region_result(region.image_id, region.region_id, merged)
+        status = "FAILED" if total == 0 or len(failed) == total else "PARTIAL" if failed else "SUCCESS"
+    except RegionAborted:
+        raise
+    except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
+        log.exception("region %s failed", region.region_id)
+        message = f"Failed to process image region: {err}"
+        status, chunks, merged = "FAILED", 0, []
+    counted = services.regions.finish(
+        services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=succeeded,
+        failed=failed, total=total, message=message, feature_count=len(merged), extra={"result_chunks": chunks})
+    duration_ms = int((time.monotonic() - started) * 1000)
+    if counted:
+        services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, failed)
+        services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
+                                                   "InputFormat": region.image_extension or "UNKNOWN"},
+                              {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),
+                               "Errors": (1 if status != "SUCCESS" else 0, "Count")})
+    return RegionOutcome(region.region_id, status, total, failed, len(merged), counted,
+                         time.monotonic() - started)
+
+
+def _json(value: Any, default: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) and value else default
+
+
+def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
+               abort: threading.Event | None) -> tuple[list[Feature], int, list[Any], list[Any]]:
+    settings = services.settings
+    if region.image_read_role:
+        from ..imagery.source import set_read_credentials
+
+        set_read_credentials(region.image_url, services.aws.assumed_credentials(region.image_read_role))
+    with ImageSource.open(region.image_url) as source:
+        georef = Georeference.of(source.dataset)
+        geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location)
+        plan = plan_image(source.info.width, source.info.height, region.tile_size, region.tile_overlap,
+                          settings.region_size, job.get("roi_wkt"), geolocator)
+        cols, rows = plan.grid.index_ranges(region.region_bounds)
+        tiles_by_row = [[t for t in plan.grid.tiles(cols, range(iy, iy + 1)) if plan.keeps(t)] for iy in rows]
+        tiles_by_row = [row for row in tiles_by_row if row]
+        total = sum(len(row) for row in tiles_by_row)
+        detector = services.detector(region)
+        job_id = region.job_id
+        feature_properties = _json(job.get("feature_properties"), [])
+        source_metadata = nitf_source_metadata(source)
+        to_world = geolocator.to_world if geolocator is not None else None
+        chip_georef = georef if georef.kind != "NONE" else None
+
+        def run(work: _TileWork) -> tuple[list[Feature], str]:
+            tile = work.tile
+            payload = encode_tile(work.pixels, region.tile_format, region.tile_compression,
+                                  chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
+            answer = detector(payload)
+            inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return to_image_features(answer, tile.col, tile.row), inference_dt
+
+        features: list[Feature] = []
+        raw: list[tuple[str, list[Feature]]] = []
+        succeeded: list[Any] = []
+        failed: list[Any] = []
+        last_progress = time.monotonic()
+        for work, future in bounded_map(run, _strips(source, tiles_by_row), settings.workers):
+            if abort is not None and abort.is_set():
+                raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
+            tile = work.tile
+            try:
+                tile_features, inference_dt = future.result()
+                if plan.roi is not None:
+                    tile_features = [f for f in tile_features
+                                     if plan.roi.intersects(image_shape(f["properties"]))]
+                geolocate(tile_features, to_world)
+                finish(tile_features, job_id=job_id, inference_dt=inference_dt,
+                       feature_properties=feature_properties, source_metadata=source_metadata)
+            except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
+                log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
+                failed.append(tile.key)
+                continue
+            succeeded.append(tile.key)
+            features.extend(tile_features)
+            raw.append((f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", tile_features))
+            if time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
+                last_progress = time.monotonic()
+    services.features.put_raw(region.image_id, region.region_id, raw)
+    return features, total, succeeded, failed
+
+
+def region_box(region: RegionRequest) -> shapely.Geometry:
+    (row, col), (width, height) = region.region_bounds
+    return shapely.geometry.box(col, row, col + width, row + height)

@@ -1,0 +1,56 @@
+"""What every sink reports back, and the client settings the sinks are written against.
+
+A sink never decides the job's outcome: it says how many features reached the output and why the others
+did not, and the worker turns that into SUCCESS / PARTIAL / FAILED. Sinks raise :class:`SinkError` only
+when nothing could be done at all (the bucket or stream is missing, or the service call itself kept
+failing after botocore's own retries).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.config import Config
+
+# Clients are created by the caller (so that assumed roles, endpoints and regions stay its business), but
+# the sinks rely on botocore's *standard* retry mode for call-level throttling and 5xx answers: it retries
+# throttling error codes with exponential back-off and jitter, which the legacy mode does not do for
+# Kinesis' ProvisionedThroughputExceededException. Callers should build S3 and Kinesis clients with this.
+SINK_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
+
+
+@dataclass
+class SinkResult:
+    """The outcome of writing one job's features to one output.
+
+    ``sink`` names the destination (``s3://bucket/key`` or ``kinesis:stream``) so a status message can say
+    where the results went; ``reasons`` says, in words an operator can act on, why ``features_failed``
+    features did not get there.
+    """
+
+    sink: str
+    features_written: int = 0
+    features_failed: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every feature reached the output (nothing failed)."""
+        return self.features_failed == 0
+
+
+def feature_label(feature: Any, index: int) -> str:
+    """A short name for a feature in failure reasons: its GeoJSON ``id``, else ``properties.id``, else
+    its position in the job's feature stream (so a reason is never anonymous)."""
+    if isinstance(feature, Mapping):
+        ident = feature.get("id")
+        if ident in (None, ""):
+            props = feature.get("properties")
+            if isinstance(props, Mapping):
+                ident = props.get("id")
+        if ident not in (None, ""):
+            return json.dumps(ident) if not isinstance(ident, str) else repr(ident)
+    return f"#{index}"

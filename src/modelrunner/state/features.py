@@ -1,0 +1,110 @@
+"""The feature table: the job's raw (pre-merge) features, and each region's merged result.
+
+Raw features are written as the reference writes them, because other tools count them: items under
+``hash_key = <image_id>-<n>`` (n in 1..50), each a ``features`` list of GeoJSON Feature strings, chunked
+well under DynamoDB's 400 KB. Our keys are deterministic (derived from the region, tile and chunk), so a
+redelivered region overwrites its own items instead of adding duplicates.
+
+Region results are stored compactly: the region's merged features as one zlib-compressed JSON array, cut
+into binary chunks under ``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a
+whole job back is one paginated Query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import ddb
+
+SALTS = 50
+ITEM_CHARS = 200_000
+CHUNK_BYTES = 350_000
+
+
+def _hex(*parts: object) -> str:
+    return hashlib.md5("|".join(map(str, parts)).encode()).hexdigest()
+
+
+@dataclass
+class FeatureStore:
+    client: Any
+    table: str
+    ttl_seconds: int = 7200
+
+    def put_raw(self, image_id: str, region_id: str, tiles: Iterable[tuple[str, Sequence[dict[str, Any]]]]) -> int:
+        """Store raw features per tile (``tile_id``, features); returns the number of items written."""
+        expire = int(time.time()) + self.ttl_seconds
+        items: list[dict[str, Any]] = []
+        for tile_id, features in tiles:
+            chunk: list[str] = []
+            size = 0
+            for feature in features:
+                text = json.dumps(feature)
+                if chunk and size + len(text) > ITEM_CHARS:
+                    items.append(self._raw_item(image_id, region_id, tile_id, len(items), chunk, expire))
+                    chunk, size = [], 0
+                chunk.append(text)
+                size += len(text)
+            if chunk:
+                items.append(self._raw_item(image_id, region_id, tile_id, len(items), chunk, expire))
+        ddb.batch_put(self.client, self.table, items)
+        return len(items)
+
+    @staticmethod
+    def _raw_item(image_id: str, region_id: str, tile_id: str, n: int, chunk: list[str], expire: int) -> dict[str, Any]:
+        salt = int(_hex(region_id, tile_id), 16) % SALTS + 1
+        return {"hash_key": f"{image_id}-{salt}", "range_key": _hex(region_id, tile_id, n),
+                "tile_id": tile_id, "features": chunk, "expire_time": expire}
+
+    def raw_features(self, image_id: str) -> list[dict[str, Any]]:
+        """Every raw feature of a job (50 queries), for audits and tests."""
+        out: list[dict[str, Any]] = []
+        for salt in range(1, SALTS + 1):
+            for item in self._query(f"{image_id}-{salt}"):
+                out.extend(json.loads(text) for text in item.get("features", []))
+        return out
+
+    def put_region_result(self, image_id: str, region_id: str, features: Sequence[dict[str, Any]]) -> int:
+        """Store a region's merged features; returns the chunk count (recorded in the region row)."""
+        blob = zlib.compress(json.dumps(list(features), separators=(",", ":")).encode(), 3)
+        chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+        expire = int(time.time()) + self.ttl_seconds
+        ddb.batch_put(self.client, self.table, [
+            {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{i:05d}", "region_id": region_id,
+             "chunk": i, "chunks": len(chunks), "blob": part, "expire_time": expire}
+            for i, part in enumerate(chunks)])
+        return len(chunks)
+
+    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
+        """Merged features of every region, keyed by region id; only the chunk counts the rows record."""
+        parts: dict[str, dict[int, bytes]] = {}
+        for item in self._query(f"{image_id}-regions"):
+            region_id = item["region_id"]
+            if int(item["chunk"]) < chunk_counts.get(region_id, 0):
+                parts.setdefault(region_id, {})[int(item["chunk"])] = bytes(item["blob"])
+        results: dict[str, list[dict[str, Any]]] = {}
+        for region_id, count in chunk_counts.items():
+            got = parts.get(region_id, {})
+            if len(got) != count:
+                raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
+            blob = b"".join(got[i] for i in range(count))
+            results[region_id] = json.loads(zlib.decompress(blob)) if blob else []
+        return results
+
+    def _query(self, hash_key: str) -> Iterable[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "hash_key = :h",
+                                  "ExpressionAttributeValues": ddb.values({":h": hash_key}), "ConsistentRead": True}
+        while True:
+            answer = self.client.query(**kwargs)
+            for raw in answer.get("Items", []):
+                item = ddb.unmarshal(raw)
+                yield item
+            if "LastEvaluatedKey" not in answer:
+                return
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]

@@ -1,0 +1,133 @@
+"""The job (image) row: created once, filled when the image is opened, counted per region, ended once.
+
+Exactly-once rules, all with DynamoDB conditional writes:
+- ``create`` succeeds for one delivery of an image message only (``attribute_not_exists``);
+- a region is counted in the same transaction that moves its row to a final status, so a redelivered
+  region can never be counted twice, and a crash can never leave it finished but uncounted;
+- ``claim_completion`` lets exactly one worker aggregate (a lease, so a crashed aggregator is replaced);
+- ``end`` writes the final status once (``attribute_not_exists(end_time)``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..requests import ImageRequest
+from . import ddb
+
+FINAL = ("SUCCESS", "PARTIAL", "FAILED")
+
+
+def _conditional_failed(err: ClientError) -> bool:
+    return err.response["Error"]["Code"] in ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+@dataclass
+class JobStore:
+    client: Any
+    table: str
+    ttl_seconds: int = 86400
+
+    def get(self, image_id: str) -> dict[str, Any]:
+        answer = self.client.get_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                                      ConsistentRead=True)
+        return ddb.unmarshal(answer.get("Item"))
+
+    def create(self, request: ImageRequest, start_ms: int | None = None) -> bool:
+        """Write the job row; False if this job already exists (a redelivered image message)."""
+        start = start_ms or ddb.now_ms()
+        item = {
+            "image_id": request.image_id, "job_id": request.job_id, "image_url": request.image_url,
+            "image_read_role": request.image_read_role, "model_invoke_mode": request.model_invoke_mode,
+            "model_name": request.model_name, "start_time": start, "expire_time": start // 1000 + self.ttl_seconds,
+            "processing_duration": 0, "region_count": 0, "region_success": 0, "region_error": 0,
+            "regions_done": 0, "job_status": "STARTED",
+            "tile_size": f"({request.tile_size}, {request.tile_size})",
+            "tile_overlap": f"({request.tile_overlap}, {request.tile_overlap})",
+            "outputs": json.dumps([o.to_dict() for o in request.outputs]),
+            "feature_properties": json.dumps([dict(p) for p in request.feature_properties]),
+            "feature_distillation_option": json.dumps(request.distillation.to_dict()),
+            "roi_wkt": request.roi_wkt,
+            "request": json.dumps(request.to_dict()),
+        }
+        try:
+            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
+                                 ConditionExpression="attribute_not_exists(image_id)")
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False
+            raise
+        return True
+
+    def create_failed(self, image_id: str, job_id: str, image_url: str, reason: str) -> None:
+        """A job row for a request that could not be parsed: FAILED with the reason, for whoever looks."""
+        now = ddb.now_ms()
+        item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
+                "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
+                "job_status": "FAILED", "status_reason": reason, "region_count": 0, "region_success": 0,
+                "region_error": 0}
+        try:
+            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
+                                 ConditionExpression="attribute_not_exists(image_id)")
+        except ClientError as err:
+            if not _conditional_failed(err):
+                raise
+
+    def update(self, image_id: str, fields: Mapping[str, Any]) -> None:
+        expr, names, vals = ddb.update_expression(fields)
+        self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                                UpdateExpression=expr, ExpressionAttributeNames=names,
+                                ExpressionAttributeValues=vals)
+
+    def count_region_transaction(self, image_id: str, succeeded: bool) -> dict[str, Any]:
+        """The job half of a region's final transaction (see RegionStore.finish)."""
+        counter = "region_success" if succeeded else "region_error"
+        return {"Update": {
+            "TableName": self.table, "Key": ddb.marshal({"image_id": image_id}),
+            "UpdateExpression": "ADD #c :one, regions_done :one",
+            "ExpressionAttributeNames": {"#c": counter},
+            "ExpressionAttributeValues": ddb.values({":one": 1}),
+        }}
+
+    def claim_completion(self, image_id: str, worker: str, lease_seconds: float) -> bool:
+        """True for exactly one caller once every region is counted (or after the last claim went stale)."""
+        now = time.time()
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                UpdateExpression="SET completion_worker = :w, completion_claimed = :now",
+                ConditionExpression=("regions_done = region_count AND region_count > :zero "
+                                     "AND attribute_not_exists(end_time) AND "
+                                     "(attribute_not_exists(completion_claimed) OR completion_claimed < :stale)"),
+                ExpressionAttributeValues=ddb.values({":w": worker, ":now": now, ":stale": now - lease_seconds,
+                                                      ":zero": 0}))
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False
+            raise
+        return True
+
+    def end(self, image_id: str, status: str, reason: str, fields: Mapping[str, Any] | None = None) -> float | None:
+        """Write the final status once; returns the job duration in seconds, or None if already ended."""
+        job = self.get(image_id)
+        end = ddb.now_ms()
+        duration = max(0.001, (end - int(job.get("start_time", end))) / 1000.0)
+        payload = {"end_time": end, "processing_duration": duration, "job_status": status,
+                   "status_reason": reason, **(fields or {})}
+        expr, names, vals = ddb.update_expression(payload)
+        try:
+            self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                                    UpdateExpression=expr, ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=vals,
+                                    ConditionExpression="attribute_not_exists(end_time)")
+        except ClientError as err:
+            if _conditional_failed(err):
+                return None
+            raise
+        return duration

@@ -1,0 +1,114 @@
+"""Region rows: one per region, queryable by ``image_id``, ending SUCCESS / PARTIAL / FAILED."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ..requests import RegionRequest
+from . import ddb
+from .jobs import FINAL, JobStore
+
+
+@dataclass
+class RegionStore:
+    client: Any
+    table: str
+    ttl_seconds: int = 86400
+
+    def key(self, image_id: str, region_id: str) -> dict[str, Any]:
+        return ddb.marshal({"image_id": image_id, "region_id": region_id})
+
+    def get(self, image_id: str, region_id: str) -> dict[str, Any]:
+        answer = self.client.get_item(TableName=self.table, Key=self.key(image_id, region_id), ConsistentRead=True)
+        return ddb.unmarshal(answer.get("Item"))
+
+    def all(self, image_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "image_id = :i",
+                                  "ExpressionAttributeValues": ddb.values({":i": image_id}), "ConsistentRead": True}
+        while True:
+            answer = self.client.query(**kwargs)
+            items.extend(ddb.unmarshal(i) for i in answer.get("Items", []))
+            if "LastEvaluatedKey" not in answer:
+                return items
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def plan(self, region: RegionRequest, index: int, total_tiles: int) -> None:
+        """Write the row of a planned region, unless it exists (a re-planned, redelivered image)."""
+        now = ddb.now_ms()
+        item = {
+            "image_id": region.image_id, "region_id": region.region_id, "job_id": region.job_id,
+            "region_index": index, "region_status": "QUEUED", "start_time": now, "last_updated_time": now,
+            "expire_time": now // 1000 + self.ttl_seconds, "image_read_role": region.image_read_role,
+            "region_bounds": [list(region.region_bounds[0]), list(region.region_bounds[1])],
+            "region_retry_count": 0, "total_tiles": total_tiles, "succeeded_tile_count": 0, "failed_tile_count": 0,
+            "tile_size": [region.tile_size, region.tile_size],
+            "tile_overlap": [region.tile_overlap, region.tile_overlap],
+            "tile_format": region.tile_format, "tile_compression": region.tile_compression,
+        }
+        try:
+            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
+                                 ConditionExpression="attribute_not_exists(region_id)")
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def start(self, region: RegionRequest, worker: str) -> dict[str, Any]:
+        """Mark the region STARTED by this worker; returns the row as it was (final rows are left alone)."""
+        before = self.get(region.image_id, region.region_id)
+        if before.get("region_status") in FINAL:
+            return before
+        now = ddb.now_ms()
+        attempts = int(before.get("region_retry_count", -1)) + 1 if before else 0
+        expr, names, vals = ddb.update_expression({
+            "region_status": "STARTED", "job_id": region.job_id, "start_time": now, "last_updated_time": now,
+            "worker": worker, "region_retry_count": attempts,
+            "region_bounds": [list(region.region_bounds[0]), list(region.region_bounds[1])],
+            "expire_time": now // 1000 + self.ttl_seconds,
+            "tile_size": [region.tile_size, region.tile_size],
+            "tile_overlap": [region.tile_overlap, region.tile_overlap],
+            "tile_format": region.tile_format, "tile_compression": region.tile_compression,
+            "succeeded_tile_count": 0, "failed_tile_count": 0,
+        })
+        self.client.update_item(TableName=self.table, Key=self.key(region.image_id, region.region_id),
+                                UpdateExpression=expr, ExpressionAttributeNames=names, ExpressionAttributeValues=vals)
+        return before
+
+    def progress(self, image_id: str, region_id: str, total: int, succeeded: int, failed: int) -> None:
+        expr, names, vals = ddb.update_expression({
+            "total_tiles": total, "succeeded_tile_count": succeeded, "failed_tile_count": failed,
+            "last_updated_time": ddb.now_ms()})
+        self.client.update_item(TableName=self.table, Key=self.key(image_id, region_id), UpdateExpression=expr,
+                                ExpressionAttributeNames=names, ExpressionAttributeValues=vals)
+
+    def finish(self, jobs: JobStore, image_id: str, region_id: str, status: str, *, start_ms: int,
+               succeeded: Sequence[Any], failed: Sequence[Any], total: int, message: str | None,
+               feature_count: int, extra: dict[str, Any] | None = None) -> bool:
+        """Final status + job counter in one transaction; False if the region was already final."""
+        end = ddb.now_ms()
+        fields = {
+            "region_status": status, "end_time": end, "last_updated_time": end,
+            "processing_duration": end - start_ms, "total_tiles": total,
+            "succeeded_tile_count": len(succeeded), "failed_tile_count": len(failed),
+            "succeeded_tiles": list(succeeded), "failed_tiles": list(failed), "message": message,
+            "feature_count": feature_count, **(extra or {}),
+        }
+        expr, names, vals = ddb.update_expression(fields)
+        vals.update(ddb.values({":s": "SUCCESS", ":p": "PARTIAL", ":f": "FAILED"}))
+        region_update = {"Update": {
+            "TableName": self.table, "Key": self.key(image_id, region_id), "UpdateExpression": expr,
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals,
+            "ConditionExpression": "NOT (#region_status IN (:s, :p, :f))",
+        }}
+        try:
+            self.client.transact_write_items(TransactItems=[
+                region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])
+        except ClientError as err:
+            if err.response["Error"]["Code"] == "TransactionCanceledException":
+                return False
+            raise
+        return True

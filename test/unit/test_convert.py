@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from modelrunner.errors import FeatureError
+from modelrunner.features.convert import box_polygon, finish, geolocate, to_image_features
+from modelrunner.imagery.geolocate import Geolocator
+
+
+def fc(*features):
+    return {"type": "FeatureCollection", "features": list(features)}
+
+
+def test_image_geometry_and_bbox_are_moved_to_full_image_pixels():
+    feature = {"type": "Feature", "geometry": None, "properties": {
+        "imageGeometry": box_polygon(10, 20, 30, 40), "imageBBox": [10, 20, 30, 40],
+        "featureClasses": [{"iri": "car", "score": 0.9}]}}
+    (out,) = to_image_features(fc(feature), col=100, row=1000)
+    assert out["properties"]["imageBBox"] == [110.0, 1020.0, 130.0, 1040.0]
+    assert out["properties"]["imageGeometry"]["coordinates"][0][0] == [130.0, 1020.0]
+    assert feature["properties"]["imageBBox"] == [10, 20, 30, 40], "the model's answer is not mutated"
+
+
+def test_deprecated_forms_become_image_geometry():
+    bounds = {"properties": {"bounds_imcoords": [1, 2, 3, 4], "feature_types": {"ship": 0.5, "boat": 0.2},
+                             "detection_score": 0.5}}
+    ring = {"properties": {"geom_imcoords": [[0, 0], [4, 0], [4, 4]]}}
+    det = {"properties": {"detection": {"type": "Point", "pixelCoordinates": [5, 6]}}}
+    a, b, c = to_image_features(fc(bounds, ring, det), col=10, row=20)
+    assert a["properties"]["imageGeometry"] == box_polygon(11, 22, 13, 24)
+    assert a["properties"]["featureClasses"] == [{"iri": "ship", "score": 0.5}, {"iri": "boat", "score": 0.2}]
+    assert b["properties"]["imageGeometry"]["coordinates"][0][-1] == [10.0, 20.0]
+    assert c["properties"]["imageGeometry"] == {"type": "Point", "coordinates": [15.0, 26.0]}
+
+
+@pytest.mark.parametrize("answer", [[], {"features": "x"}, fc({"properties": {}}), fc({"properties": []}),
+                                    fc({"properties": {"imageGeometry": {"type": "Blob", "coordinates": []}}}),
+                                    fc({"properties": {"imageBBox": [1, 2]}})])
+def test_unplaceable_answers_fail_the_tile(answer):
+    with pytest.raises(FeatureError):
+        to_image_features(answer, 0, 0)
+
+
+def test_object_without_features_means_no_detections():
+    assert to_image_features({"type": "FeatureCollection"}, 0, 0) == []
+
+
+@pytest.fixture
+def utm_dataset():
+    ds = gdal.GetDriverByName("MEM").Create("", 1000, 1000, 1)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    ds.SetProjection(srs.ExportToWkt())
+    ds.SetGeoTransform((580000.0, 0.5, 0.0, 4510000.0, 0.0, -0.5))
+    return ds
+
+
+def test_geolocation_matches_gdal_and_rounds(utm_dataset):
+    geolocator = Geolocator.for_dataset(utm_dataset)
+    features = to_image_features(fc({"properties": {"imageGeometry": box_polygon(10.25, 20.5, 30, 40),
+                                                    "imageBBox": [10.25, 20.5, 30, 40]}}), 100, 200)
+    geolocate(features, geolocator.to_world)
+    transformer = gdal.Transformer(utm_dataset, None, ["DST_SRS=EPSG:4326"])
+    ring = features[0]["properties"]["imageGeometry"]["coordinates"][0]
+    expected = np.array(transformer.TransformPoints(0, [tuple(p) for p in ring])[0])
+    got = np.array(features[0]["geometry"]["coordinates"][0])
+    assert np.allclose(got[:, :2], expected[:, :2], atol=5e-7)
+    assert all(round(v, 6) == v for p in got for v in p)
+    assert features[0]["geometry"]["type"] == "Polygon"
+    lon, lat, _ = transformer.TransformPoints(0, [(120.125, 230.25)])[0][0]
+    assert features[0]["properties"]["center_longitude"] == pytest.approx(lon, abs=1e-12)
+    assert features[0]["properties"]["center_latitude"] == pytest.approx(lat, abs=1e-12)
+    bbox = features[0]["bbox"]
+    assert bbox[0] < bbox[2] and bbox[1] < bbox[3]
+
+
+def test_without_sensor_model_features_keep_image_coordinates_only():
+    features = to_image_features(fc({"geometry": None, "properties": {"imageGeometry": box_polygon(1, 2, 3, 4)}}), 0, 0)
+    geolocate(features, None)
+    assert features[0]["geometry"] is None and "center_longitude" not in features[0]["properties"]
+
+
+def test_finish_adds_metadata_and_drops_deprecated_properties():
+    features = to_image_features(fc({"properties": {"bounds_imcoords": [1, 2, 3, 4], "detection_score": 0.4,
+                                                    "image_id": "x", "keep": 1}}), 0, 0)
+    (out,) = finish(features, job_id="j", inference_dt="2026-01-01T00:00:00Z", feature_properties=[{"team": "a"}],
+                    source_metadata=[{"format": "NITF"}])
+    props = out["properties"]
+    assert props["inferenceMetadata"] == {"jobId": "j", "inferenceDT": "2026-01-01T00:00:00Z"}
+    assert props["team"] == "a" and props["keep"] == 1 and props["sourceMetadata"] == [{"format": "NITF"}]
+    assert not {"bounds_imcoords", "detection_score", "image_id"} & set(props)

@@ -1,0 +1,76 @@
+import pytest
+
+from modelrunner.imagery.grid import TileGrid, axis_positions, plan_regions
+
+
+def covers(length, positions, size):
+    covered = set()
+    for p in positions:
+        covered.update(range(p, min(p + size, length)))
+    return covered == set(range(length))
+
+
+def test_reference_positions_where_its_grid_ends_at_the_edge():
+    grid = TileGrid.plan(3376, 2576, 512, 128)
+    assert grid.xs == tuple(range(0, 2865, 358))
+    assert grid.ys == tuple(range(0, 2065, 344))
+    assert len(grid) == 63
+
+
+def test_reference_counts_and_last_tile_at_edge():
+    grid = TileGrid.plan(12987, 12438, 512, 128)
+    assert (grid.columns, grid.rows, len(grid)) == (34, 33, 1122)
+    assert grid.xs[:3] == (0, 378, 756) and grid.xs[-1] == 12987 - 512
+    assert grid.ys[:3] == (0, 372, 744) and grid.ys[-1] == 12438 - 512
+
+
+@pytest.mark.parametrize("length", [1, 100, 511, 512, 513, 1000, 1300, 4097, 12987])
+@pytest.mark.parametrize(("size", "overlap"), [(512, 128), (512, 0), (256, 255), (1024, 50)])
+def test_axis_covers_everything_with_at_least_the_overlap(length, size, overlap):
+    positions = axis_positions(length, size, overlap)
+    assert positions[0] == 0
+    assert covers(length, positions, size)
+    assert list(positions) == sorted(set(positions))
+    if length >= size:
+        assert positions[-1] + size == length
+        gaps = [b - a for a, b in zip(positions, positions[1:], strict=False)]
+        assert all(size - g >= overlap for g in gaps)
+
+
+def test_image_smaller_than_a_tile_gives_one_partial_tile():
+    grid = TileGrid.plan(300, 200, 512, 128)
+    assert [t.bounds for t in grid.tiles()] == [((0, 0), (300, 200))]
+
+
+def test_regions_match_the_reference_example():
+    grid = TileGrid.plan(1300, 1100, 512, 128)
+    regions = plan_regions(grid, (1024, 1024))
+    # The reference: (0,0)(774,806), (0,524)(774,806), (588,0)(774,512), (588,524)(774,512); our right-hand
+    # regions end at the image edge (776 wide) instead of leaving columns 1298-1299 unprocessed.
+    assert [r.bounds for r in regions] == [((0, 0), (774, 806)), ((0, 524), (776, 806)),
+                                           ((588, 0), (774, 512)), ((588, 524), (776, 512))]
+    assert sum(r.tile_count for r in regions) == len(grid) == 12
+
+
+@pytest.mark.parametrize(("w", "h", "region"), [(12987, 12438, 8192), (3376, 2576, 1024), (5000, 700, 2048),
+                                                 (600, 600, 10240)])
+def test_every_tile_in_exactly_one_region_and_recoverable_from_bounds(w, h, region):
+    grid = TileGrid.plan(w, h, 512, 128)
+    regions = plan_regions(grid, (region, region))
+    seen = []
+    for r in regions:
+        cols, rows = grid.index_ranges(r.bounds)
+        assert (cols, rows) == (r.cols, r.rows)
+        seen.extend(grid.tiles(cols, rows))
+    assert sorted((t.ix, t.iy) for t in seen) == sorted((t.ix, t.iy) for t in grid.tiles())
+
+
+def test_region_keep_filter_drops_empty_regions():
+    grid = TileGrid.plan(4096, 4096, 512, 0)
+    regions = plan_regions(grid, (1024, 1024), keep=lambda t: t.col < 1024 and t.row < 1024)
+    assert [r.bounds for r in regions] == [((0, 0), (1024, 1024))]
+
+
+def test_invalid_overlap():
+    with pytest.raises(ValueError):
+        TileGrid.plan(100, 100, 64, 64)

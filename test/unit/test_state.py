@@ -1,0 +1,99 @@
+"""Job, region and feature state against moto in-process: conditional writes make each step once-only."""
+
+import boto3
+import pytest
+
+from modelrunner.local.stack import create_resources
+from modelrunner.requests import ImageRequest, RegionRequest
+from modelrunner.state.features import FeatureStore
+from modelrunner.state.jobs import JobStore
+from modelrunner.state.regions import RegionStore
+from modelrunner.status import StatusPublisher
+
+
+@pytest.fixture
+def res(moto_aws):
+    return create_resources(None, prefix="u")  # endpoint None: boto3 goes to moto's in-process mock
+
+
+@pytest.fixture
+def stores(res):
+    ddb = boto3.client("dynamodb")
+    return JobStore(ddb, res.job_table), RegionStore(ddb, res.region_table), FeatureStore(ddb, res.feature_table)
+
+
+def request():
+    return ImageRequest.from_dict({"jobId": "j1", "imageUrls": ["s3://b/k.tif"], "imageProcessor": {"name": "ep"},
+                                   "outputs": [{"type": "S3", "bucket": "b", "prefix": ""}]})
+
+
+def test_job_is_created_once_and_ended_once(stores):
+    jobs, _, _ = stores
+    req = request()
+    assert jobs.create(req) is True
+    assert jobs.create(req) is False
+    row = jobs.get(req.image_id)
+    assert row["job_status"] == "STARTED" and row["tile_size"] == "(1024, 1024)"
+    assert row["feature_distillation_option"] == '{"algorithm_type": "NMS", "iou_threshold": 0.75}'
+    assert row["expire_time"] == row["start_time"] // 1000 + 86400
+    assert jobs.end(req.image_id, "SUCCESS", "done") > 0
+    assert jobs.end(req.image_id, "FAILED", "again") is None
+    assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
+
+
+def test_regions_count_once_and_exactly_one_worker_completes(stores):
+    jobs, regions, _ = stores
+    req = request()
+    jobs.create(req)
+    jobs.update(req.image_id, {"region_count": 2})
+    r1 = RegionRequest.for_image(req, ((0, 0), (512, 512)))
+    r2 = RegionRequest.for_image(req, ((0, 400), (512, 512)))
+    for i, r in enumerate((r1, r2)):
+        regions.plan(r, i, 1)
+        regions.start(r, "w")
+    kwargs = {"start_ms": 0, "succeeded": [[[0, 0], [512, 512]]], "failed": [], "total": 1, "message": None,
+              "feature_count": 3}
+    assert regions.finish(jobs, req.image_id, r1.region_id, "SUCCESS", **kwargs) is True
+    assert regions.finish(jobs, req.image_id, r1.region_id, "SUCCESS", **kwargs) is False, "redelivery"
+    assert jobs.claim_completion(req.image_id, "w1", 60) is False, "one region still open"
+    assert regions.finish(jobs, req.image_id, r2.region_id, "PARTIAL", **{**kwargs, "failed": [[[0, 0], [1, 1]]]})
+    row = jobs.get(req.image_id)
+    assert (row["regions_done"], row["region_success"], row["region_error"]) == (2, 1, 1)
+    assert jobs.claim_completion(req.image_id, "w1", 60) is True
+    assert jobs.claim_completion(req.image_id, "w2", 60) is False
+    assert jobs.claim_completion(req.image_id, "w3", -1) is True, "a stale claim is taken over"
+    assert [r["region_status"] for r in sorted(regions.all(req.image_id), key=lambda r: r["region_index"])] == \
+        ["SUCCESS", "PARTIAL"]
+
+
+def test_raw_features_overwrite_on_redelivery_and_region_results_round_trip(stores):
+    _, _, features = stores
+    tile_features = [{"type": "Feature", "properties": {"n": i, "pad": "x" * 5000}} for i in range(100)]
+    features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
+    features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
+    assert sorted(f["properties"]["n"] for f in features.raw_features("img")) == list(range(100))
+    big = [{"type": "Feature", "id": str(i), "properties": {"blob": i * 7919 % 100003}} for i in range(30000)]
+    chunks = features.put_region_result("img", "r1", big)
+    features.put_region_result("img", "r2", [])
+    out = features.region_results("img", {"r1": chunks, "r2": 1})
+    assert out["r1"] == big and out["r2"] == []
+
+
+def test_status_messages_are_the_references():
+    sent = []
+
+    class Sns:
+        def publish(self, **kwargs):
+            sent.append(kwargs)
+
+    status = StatusPublisher(Sns(), "arn:image", "arn:region")
+    status.image("SUCCESS", "j1", "j1:s3://b/k", "Completed image processing", 0.25)
+    status.region("PARTIAL", "j1", "j1:s3://b/k", "(0, 0)(5, 5)-j1", 1234, [[[0, 0], [512, 512]]])
+    status.image("STARTED", "j1", "j1:s3://b/k", "Started image request")
+    image, region, started = sent
+    assert image["Message"] == "StatusMonitor update: RequestStatus.SUCCESS j1: Completed image processing"
+    assert image["MessageAttributes"]["processing_duration"] == {"DataType": "String", "StringValue": "0.25"}
+    assert set(image["MessageAttributes"]) == {"status", "job_id", "image_id", "image_status", "processing_duration"}
+    assert region["MessageAttributes"]["failed_tiles"]["StringValue"] == "[{'1': [[0, 0], [512, 512]]}]"
+    assert region["MessageAttributes"]["processing_duration"]["StringValue"] == "1234"
+    assert "processing_duration" not in started["MessageAttributes"]

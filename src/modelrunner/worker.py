@@ -165,9 +165,10 @@ class Worker:
         try:
             first, job = start_image(self.services, request)
             if first is not None:
-                outcome = process_region(self.services, first, job=job, abort=self.abort)
-                if outcome.counted or outcome.status in ("SUCCESS", "PARTIAL", "FAILED"):
-                    maybe_complete(self.services, request.image_id)
+                process_region(self.services, first, job=job, abort=self.abort)
+                if not maybe_complete(self.services, request.image_id):
+                    self._keep_for_later(message)
+                    return
         except RegionAborted:
             log.warning("stopping: image message for job %s handed back", request.job_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])
@@ -176,6 +177,11 @@ class Worker:
             log.exception("job %s failed", request.job_id)
             fail_job(self.services, request, str(err) or type(err).__name__)
         self._delete(queue, message)
+
+    def _keep_for_later(self, message: dict[str, Any]) -> None:
+        """Another worker is completing this job: keep the message (not held, not deleted) so it comes back
+        after the visibility timeout and completes the job if that worker died meanwhile."""
+        self.heartbeat.release(message["ReceiptHandle"])
 
     def _reject_image(self, message: dict[str, Any], err: RequestError) -> None:
         """A request we cannot run: one FAILED status naming the field, and a FAILED job row."""
@@ -210,7 +216,9 @@ class Worker:
                 log.error("region %s belongs to no known job: dropped", region.region_id)
             elif "end_time" not in job:
                 process_region(self.services, region, job=job, abort=self.abort)
-                maybe_complete(self.services, region.image_id)
+                if not maybe_complete(self.services, region.image_id):
+                    self._keep_for_later(message)
+                    return
         except RegionAborted:
             log.warning("stopping: region %s handed back", region.region_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])

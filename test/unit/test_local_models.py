@@ -16,7 +16,11 @@ from modelrunner.local.scene import make_scene
 
 gdal.UseExceptions()
 
-_GDAL_TYPES = {np.dtype("uint8"): gdal.GDT_Byte, np.dtype("uint16"): gdal.GDT_UInt16, np.dtype("float32"): gdal.GDT_Float32}
+_GDAL_TYPES = {
+    np.dtype("uint8"): gdal.GDT_Byte,
+    np.dtype("uint16"): gdal.GDT_UInt16,
+    np.dtype("float32"): gdal.GDT_Float32,
+}
 
 
 def encode(pixels: np.ndarray, driver: str = "GTiff") -> bytes:
@@ -70,7 +74,7 @@ def assert_feature_schema(feature: dict[str, Any], iri: str, width: int, height:
     assert 0.0 < feature_class["score"] <= 1.0
 
 
-# ------------------------------------------------------------------------------------------ decoding
+# ---------- decoding
 
 
 @pytest.mark.parametrize(
@@ -114,7 +118,7 @@ def test_decode_accepts_bytearray_and_memoryview() -> None:
     np.testing.assert_array_equal(decode_tile(memoryview(tile)), expected)
 
 
-# ------------------------------------------------------------------------------------------ centerpoint
+# ---------- centerpoint
 
 
 @pytest.mark.parametrize("driver", ["GTiff", "NITF", "PNG", "JPEG"])
@@ -138,7 +142,7 @@ def test_centerpoint_square_tile_and_deterministic_ids() -> None:
     assert other["features"][0]["id"] != first["features"][0]["id"]
 
 
-# ------------------------------------------------------------------------------------------ flood
+# ---------- flood
 
 
 def test_flood_schema_count_and_bounds() -> None:
@@ -159,7 +163,9 @@ def test_flood_is_deterministic_per_tile_and_seed() -> None:
     assert run_model("flood", tile, count=25, seed=3) == first
     assert run_model("flood", tile, count=25, seed=4) != first
     boxes = [f["properties"]["imageBBox"] for f in first["features"]]
-    other_boxes = [f["properties"]["imageBBox"] for f in run_model("flood", other_tile, count=25, seed=3)["features"]]
+    other_boxes = [
+        f["properties"]["imageBBox"] for f in run_model("flood", other_tile, count=25, seed=3)["features"]
+    ]
     assert boxes != other_boxes
 
 
@@ -171,7 +177,7 @@ def test_flood_rejects_bad_options() -> None:
         run_model("flood", tile, colour="red")
 
 
-# ------------------------------------------------------------------------------------------ objects
+# ---------- objects
 
 
 def test_objects_finds_exact_boxes_including_edge_cut_ones() -> None:
@@ -235,7 +241,7 @@ def test_objects_recall_on_a_tiled_synthetic_scene(tmp_path: Path) -> None:
     assert all(max(_iou(d, truth) for truth in scene.objects) > 0 for d in detections)
 
 
-# ------------------------------------------------------------------------------------------ registry
+# ---------- registry
 
 
 def test_registry_and_unknown_model() -> None:

@@ -27,6 +27,7 @@ is the one place where this module deliberately differs from it.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import json
 import math
@@ -127,6 +128,35 @@ def box_metric(a: ArrayLike, b: ArrayLike, metric: str = "IOU") -> FloatArray:
 # Candidate pairs ---------------------------------------------------------------------------------------
 
 
+def _radix_argsort(keys: Sequence[NDArray[np.uint64]], bits: int = 64) -> IntArray:
+    """Stable argsort by several unsigned keys (most significant first), then by index.
+
+    numpy sorts 16-bit integers with a stable radix sort, an order of magnitude faster than its
+    comparison sorts, so this is an LSD radix sort made of 16-bit passes; digits that are the same for
+    every element are skipped. ``bits`` bounds the keys (cell numbers need two passes, not four).
+    """
+    order: IntArray | None = None
+    for key in reversed(keys):
+        for shift in range(0, bits, 16):
+            digit = ((key >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.uint16)
+            if digit.size and digit.min() == digit.max():
+                continue
+            if order is None:
+                order = np.argsort(digit, kind="stable").astype(np.int64)
+            else:
+                order = order[np.argsort(digit[order], kind="stable")]
+    n = keys[0].size if keys else 0
+    return np.arange(n, dtype=np.int64) if order is None else order
+
+
+def _float_key(values: FloatArray, descending: bool = False) -> NDArray[np.uint64]:
+    """Unsigned integers that sort like the floats (IEEE bits, negatives flipped; -0.0 counts as 0.0)."""
+    bits = (np.asarray(values, dtype=np.float64) + 0.0).view(np.uint64)
+    negative = (bits >> np.uint64(63)).astype(bool)
+    key = np.where(negative, ~bits, bits | np.uint64(1 << 63))
+    return ~key if descending else key
+
+
 def _expand(src: IntArray, lo: IntArray, hi: IntArray) -> tuple[IntArray, IntArray]:
     """All pairs (src[k], p) for p in [lo[k], hi[k]), vectorised (repeat + running offsets)."""
     counts = hi - lo
@@ -146,7 +176,7 @@ class _CellIndex:
     enough (a gather per lookup), binary search otherwise (sparse boxes over a huge extent)."""
 
     def __init__(self, keys: IntArray, members: IntArray, ncell: int, dense: bool) -> None:
-        order = np.argsort(keys)
+        order = _radix_argsort([keys.astype(np.uint64)], max(16, int(ncell).bit_length()))
         self.keys = keys[order]
         self.members = members[order]
         self.table: IntArray | None = None
@@ -185,7 +215,7 @@ def _candidate_pairs(boxes: FloatArray, reach: FloatArray, min_ratio: float) -> 
     # Levels more than this many steps finer than a box cannot match it (size ratio below min_ratio).
     depth = math.inf if min_ratio <= 0 else 1 + math.log(1.0 / min_ratio, _LEVEL_RATIO)
     single = bool(level.max() == 0)
-    for lvl in np.unique(level).tolist():
+    for lvl in [0] if single else np.unique(level).tolist():
         cell = max(base * _LEVEL_RATIO**lvl * _REACH_SLACK, extent / _MAX_CELLS_PER_AXIS)
         if single:
             a_pos, b_pos = np.arange(idx.size, dtype=np.int64), np.empty(0, dtype=np.int64)
@@ -269,12 +299,11 @@ def _order(
 ) -> IntArray:
     """Indices sorted by (score desc, x1, y1, x2, y2, label[, tiebreak], index).
 
-    A full ``np.lexsort`` on six keys costs more than the whole NMS, so it sorts by (score, x1) with two
-    stable sorts and only sorts the rare runs still tied on both by the remaining keys.
+    A full ``np.lexsort`` on six keys costs more than the whole NMS, so it radix-sorts by (score, x1) and
+    only sorts the rare runs still tied on both by the remaining keys.
     """
     n = scores.size
-    order = np.argsort(x1, kind="stable")
-    order = order[np.argsort(-scores[order], kind="stable")]
+    order = _radix_argsort([_float_key(scores, descending=True), _float_key(x1)])
     if n < 2:
         return order
     s, x = scores[order], x1[order]
@@ -342,7 +371,10 @@ def _prepare(
         ordered = canonical_order(b, s, labels)
     else:
         ordered = np.asarray(order, dtype=np.int64).reshape(-1)
-        if ordered.size != len(b) or not np.array_equal(np.sort(ordered), np.arange(len(b))):
+        seen = np.zeros(len(b), dtype=bool)
+        if ordered.size == len(b) and (ordered.size == 0 or (ordered.min() >= 0 and ordered.max() < len(b))):
+            seen[ordered] = True
+        if not seen.all():
             raise ValueError("order must be a permutation of range(len(boxes))")
     rank = _rank_of(ordered)
     i, j, value = overlapping_pairs(b, threshold, metric, labels)
@@ -616,7 +648,7 @@ def _top_class(props: dict[str, Any]) -> tuple[float, str, int]:
 
 def _rectangle(ring: Any) -> tuple[float, float, float, float] | None:
     """Bounds of a closed ring that is an axis-aligned rectangle (any start corner or direction)."""
-    if not isinstance(ring, list) or len(ring) != 5:
+    if not isinstance(ring, list | tuple) or len(ring) != 5:
         return None
     try:
         pts = [(float(p[0]), float(p[1])) for p in ring]
@@ -642,7 +674,7 @@ def _classify(props: dict[str, Any]) -> tuple[int, tuple[float, float, float, fl
     if isinstance(geometry, dict) and geometry.get("type"):
         kind = geometry.get("type")
         coords = geometry.get("coordinates")
-        if kind == "Polygon" and isinstance(coords, list) and len(coords) == 1:
+        if kind == "Polygon" and isinstance(coords, list | tuple) and len(coords) == 1:
             rect = _rectangle(coords[0])
             if rect is not None:
                 return _BOX, rect, None
@@ -692,20 +724,19 @@ def _parse(features: Sequence[dict[str, Any]]) -> _Parsed:
     codes: dict[str, int] = {"": 0}
     shapes: dict[int, BaseGeometry] = {}
     for k, feature in enumerate(features):
-        props = feature.get("properties")
-        if type(props) is not dict:
-            props = {}
-        fast = False
-        geometry = props.get("imageGeometry")
-        if type(geometry) is dict and geometry.get("type") == "Polygon":
-            rings = geometry.get("coordinates")
-            if type(rings) is list and len(rings) == 1 and type(ring := rings[0]) is list and len(ring) == 5:
-                try:
-                    p0, p1, p2, p3, p4 = ring
-                    ax, ay, cx, cy = p0[0], p0[1], p2[0], p2[1]
-                    if p4[0] == ax and p4[1] == ay and (
-                            (p1[0] == ax and p1[1] == cy and p3[0] == cx and p3[1] == ay)
-                            or (p1[1] == ay and p1[0] == cx and p3[1] == cy and p3[0] == ax)):
+        try:  # the fast path: plain indexing, any surprise raises and falls through to the careful one
+            props = feature["properties"]
+            geometry = props["imageGeometry"]
+            if geometry["type"] == "Polygon":
+                (p0, p1, p2, p3, p4), = geometry["coordinates"]
+                ax, ay, cx, cy = p0[0], p0[1], p2[0], p2[1]
+                if p4[0] == ax and p4[1] == ay and (
+                        (p1[0] == ax and p1[1] == cy and p3[0] == cx and p3[1] == ay)
+                        or (p1[1] == ay and p1[0] == cx and p3[1] == cy and p3[0] == ax)):
+                    (entry,) = props["featureClasses"]
+                    score = entry["score"]
+                    iri = entry["iri"]
+                    if type(score) is float and score == score and type(iri) is str:
                         if ax <= cx:
                             x1s[k], x2s[k] = ax, cx
                         else:
@@ -714,27 +745,22 @@ def _parse(features: Sequence[dict[str, Any]]) -> _Parsed:
                             y1s[k], y2s[k] = ay, cy
                         else:
                             y1s[k], y2s[k] = cy, ay
-                        fast = True
-                except (TypeError, IndexError, KeyError, ValueError):
-                    pass
-        if not fast:
-            kind, box, geom = _classify(props)
-            kinds[k] = kind
-            x1s[k], y1s[k], x2s[k], y2s[k] = box
-            if geom is not None:
-                shapes[k] = geom
-        classes = props.get("featureClasses")
-        if type(classes) is list and len(classes) == 1 and type(classes[0]) is dict:
-            entry = classes[0]
-            score = entry.get("score")
-            iri = entry.get("iri")
-            if type(score) is float and score == score and type(iri) is str:
-                scores[k] = score
-                code = codes.get(iri)
-                if code is None:
-                    code = codes[iri] = len(codes)
-                label_codes[k] = code
-                continue
+                        scores[k] = score
+                        code = codes.get(iri)
+                        if code is None:
+                            code = codes[iri] = len(codes)
+                        label_codes[k] = code
+                        continue
+        except (KeyError, TypeError, ValueError, IndexError):
+            pass
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if not isinstance(props, dict):
+            props = {}
+        kind, box, geom = _classify(props)
+        kinds[k] = kind
+        x1s[k], y1s[k], x2s[k], y2s[k] = box
+        if geom is not None:
+            shapes[k] = geom
         score, iri, best = _top_class(props)
         scores[k] = score
         code = codes.get(iri)
@@ -780,8 +806,9 @@ def _lists(value: Any) -> Any:
 
 def _with_properties(feature: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A copy of ``feature`` with a copied ``properties`` updated: the input dicts are never mutated."""
-    out = dict(feature)
-    props = dict(feature.get("properties") or {})
+    out = dict(feature) if type(feature) is dict else copy.copy(feature)  # keeps e.g. geojson.Feature
+    props = feature.get("properties") or {}
+    props = dict(props) if type(props) is dict else copy.copy(props)
     props.update(changes)
     out["properties"] = props
     return out
@@ -880,78 +907,76 @@ def distill(
     order = _order(parsed.score, parsed.x1, parsed.y1, parsed.x2, parsed.y2, label_key,
                    lambda members: [_stable_text(features[k]) for k in members.tolist()])
     rank = _rank_of(order)
-    # (feature index, final score, output feature, replaced geometry?)
-    chosen: list[int] = []
-    final_score: list[float] = []
-    output: list[dict[str, Any]] = []
-    moved: list[bool] = []
+    rank_bits = max(16, len(features).bit_length())
+    picked: list[IntArray] = []  # indices of the features that survive, per source
+    picked_score: list[FloatArray] = []  # their final scores
+    replaced: dict[int, dict[str, Any]] = {}  # index -> the copy that is output instead
+    moved: set[int] = set()  # indices whose imageGeometry was replaced (relocate them)
 
     box_idx = np.flatnonzero(parsed.kind == _BOX)
     if box_idx.size:
         boxes = np.stack((parsed.x1[box_idx], parsed.y1[box_idx], parsed.x2[box_idx], parsed.y2[box_idx]), axis=1)
         scores = parsed.score[box_idx]
         labels = None if option.class_agnostic else label_key[box_idx]
-        sub_order = np.argsort(rank[box_idx])
+        sub_order = _radix_argsort([rank[box_idx].astype(np.uint64)], rank_bits)
         kind = option.algorithm_type
+        t, metric = option.iou_threshold, option.match_metric
         if kind == "NMS":
-            keep = nms_indices(boxes, scores, labels, option.iou_threshold, option.match_metric, sub_order)
-            for k in box_idx[keep].tolist():
-                chosen.append(k)
-                final_score.append(float(parsed.score[k]))
-                output.append(features[k])
-                moved.append(False)
+            kept = box_idx[nms_indices(boxes, scores, labels, t, metric, sub_order)]
+            picked.append(kept)
+            picked_score.append(parsed.score[kept])
         elif kind == "SOFT_NMS":
-            keep, decayed = soft_nms_indices(boxes, scores, labels, option.iou_threshold, option.sigma,
-                                             option.skip_box_threshold, option.match_metric, sub_order)
-            for k, s in zip(box_idx[keep].tolist(), decayed.tolist(), strict=True):
-                chosen.append(k)
-                final_score.append(s)
-                output.append(_rescored(features[k], parsed.best_class[k], s, float(parsed.score[k])))
-                moved.append(False)
+            keep, decayed = soft_nms_indices(boxes, scores, labels, t, option.sigma, option.skip_box_threshold,
+                                             metric, sub_order)
+            kept = box_idx[keep]
+            picked.append(kept)
+            picked_score.append(decayed)
+            for k, s in zip(kept.tolist(), decayed.tolist(), strict=True):
+                replaced[k] = _rescored(features[k], parsed.best_class[k], s, float(parsed.score[k]))
         else:
-            keep, merged = nmm_indices(boxes, scores, labels, option.iou_threshold, option.match_metric,
-                                       sub_order)
-            grown = np.any(merged != boxes[keep], axis=1)
-            for k, g, box in zip(box_idx[keep].tolist(), grown.tolist(), merged.tolist(), strict=True):
-                chosen.append(k)
-                final_score.append(float(parsed.score[k]))
-                if g:
-                    changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
-                    if "imageBBox" in (features[k].get("properties") or {}):
-                        changes["imageBBox"] = list(box)
-                    output.append(_with_properties(features[k], **changes))
-                else:
-                    output.append(features[k])
-                moved.append(g)
+            keep, merged = nmm_indices(boxes, scores, labels, t, metric, sub_order)
+            kept = box_idx[keep]
+            picked.append(kept)
+            picked_score.append(parsed.score[kept])
+            grown = np.flatnonzero(np.any(merged != boxes[keep], axis=1))
+            for k, box in zip(kept[grown].tolist(), merged[grown].tolist(), strict=True):
+                changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
+                if "imageBBox" in (features[k].get("properties") or {}):
+                    changes["imageBBox"] = list(box)
+                replaced[k] = _with_properties(features[k], **changes)
+                moved.add(k)
 
     shape_idx = np.flatnonzero(parsed.kind == _SHAPE)
     if shape_idx.size:
-        for k, joined in _join_shapes(parsed, shape_idx, rank, option.class_agnostic):
-            chosen.append(k)
-            final_score.append(float(parsed.score[k]))
-            if joined is None:
-                output.append(features[k])
-                moved.append(False)
-                continue
-            changes = {"imageGeometry": _lists(mapping(joined))}
-            if "imageBBox" in (features[k].get("properties") or {}):
-                changes["imageBBox"] = [float(v) for v in joined.bounds]
-            output.append(_with_properties(features[k], **changes))
-            moved.append(True)
+        components = _join_shapes(parsed, shape_idx, rank, option.class_agnostic)
+        best = np.array([k for k, _ in components], dtype=np.int64)
+        picked.append(best)
+        picked_score.append(parsed.score[best])
+        for k, joined in components:
+            if joined is not None:
+                changes = {"imageGeometry": _lists(mapping(joined))}
+                if "imageBBox" in (features[k].get("properties") or {}):
+                    changes["imageBBox"] = [float(v) for v in joined.bounds]
+                replaced[k] = _with_properties(features[k], **changes)
+                moved.add(k)
 
-    for k in np.flatnonzero(parsed.kind == _OTHER).tolist():
-        chosen.append(k)
-        final_score.append(float(parsed.score[k]))
-        output.append(features[k])
-        moved.append(False)
+    other = np.flatnonzero(parsed.kind == _OTHER)
+    picked.append(other)
+    picked_score.append(parsed.score[other])
 
-    chosen_arr = np.array(chosen, dtype=np.int64)
-    final = np.array(final_score, dtype=np.float64)
-    out_order = np.lexsort((rank[chosen_arr], -final))
-    result = []
-    for p in out_order.tolist():
-        feature = output[p]
-        result.append(relocate(feature) if relocate is not None and moved[p] else feature)
+    chosen = np.concatenate(picked)
+    if option.algorithm_type == "SOFT_NMS":  # decayed scores can reorder features
+        by = _radix_argsort([_float_key(np.concatenate(picked_score), descending=True),
+                             rank[chosen].astype(np.uint64)])
+    else:  # final score = original score, so the canonical rank is the output order
+        by = _radix_argsort([rank[chosen].astype(np.uint64)], rank_bits)
+    out_idx = chosen[by].tolist()
+    result = list(map(features.__getitem__, out_idx))
+    if replaced:
+        for position, k in enumerate(out_idx):
+            new = replaced.get(k)
+            if new is not None:
+                result[position] = relocate(new) if relocate is not None and k in moved else new
     return result
 
 

@@ -25,7 +25,8 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     limit = workers + (workers * 2 if backlog is None else backlog)
     finished: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
     in_flight = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile")
+    try:
         for item in items:
             while in_flight >= limit:
                 yield finished.get()
@@ -43,3 +44,6 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
         while in_flight:
             yield finished.get()
             in_flight -= 1
+    finally:
+        # Closed early (the consumer stopped): drop queued work, wait only for what is running.
+        pool.shutdown(wait=True, cancel_futures=True)

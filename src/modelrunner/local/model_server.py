@@ -146,6 +146,14 @@ class _HTTPServer(ThreadingHTTPServer):
             self._connections.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log through ``logging``; a client that resets or drops its connection is routine, not an error."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("connection from %s dropped: %s", client_address, error)
+        else:
+            log.exception("error while serving %s", client_address)
+
     def close_connections(self) -> None:
         """Shut down every open client connection, so idle keep-alive handler threads end now."""
         with self._connections_lock:

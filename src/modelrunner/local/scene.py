@@ -5,7 +5,8 @@ Tests, the demo and the benchmarks need big georeferenced images with known cont
 which the ``objects`` model of :mod:`modelrunner.local.models` detects. The same arguments always give
 the same bytes: every 512 x 512 block draws its noise from its own generator seeded with
 ``(seed, block row, block column)``, so the image is generated and written block by block, in any size,
-without ever holding it whole in memory (13000 x 12500 x 3 uint8 takes about 2 s).
+without ever holding it whole in memory: each block row is flushed to disk (GDAL's block cache would
+otherwise keep the whole image); 13000 x 12500 x 3 uint8 takes about 1 s, 120 MB resident.
 
 Georeferencing is north-up: ``geotransform = (x0, pixel_size, 0, y0, 0, -pixel_size)`` in ``epsg``
 (EPSG:4326 by default: degrees, origin at the upper-left corner of the upper-left pixel; for a projected
@@ -367,7 +368,9 @@ def _nitf_options(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _layout_objects(width: int, height: int, bands: int, seed: int, count: int | None) -> tuple[list[Box], np.ndarray]:
+def _layout_objects(
+    width: int, height: int, bands: int, seed: int, count: int | None
+) -> tuple[list[Box], np.ndarray]:
     """Object boxes (sorted by row then column) and their per-band 8-bit levels, from the seed alone."""
     columns, rows = width // _CELL, height // _CELL
     cells = columns * rows
@@ -407,7 +410,7 @@ def _blocks_index(objects: Sequence[Box], block: int) -> dict[tuple[int, int], l
     return index
 
 
-def render_block(
+def _render_block(
     seed: int,
     x: int,
     y: int,
@@ -428,7 +431,9 @@ def render_block(
     count = width * height * bands
     generator = np.random.PCG64(np.random.SeedSequence([seed, block_row, block_column, 0xB10C]))
     # Raw 64-bit draws viewed as bytes: the cheapest uniform noise numpy offers (~0.3 ns per pixel).
-    rows_of_values = generator.random_raw((count + 7) // 8).view(np.uint8)[:count].reshape(height, width * bands)
+    rows_of_values = (
+        generator.random_raw((count + 7) // 8).view(np.uint8)[:count].reshape(height, width * bands)
+    )
     rows_of_values &= np.uint8(_NOISE_MASK)
     rows_of_values += np.tile(_background_levels(bands), width)  # one long row pattern: fast broadcasting
     pixels = rows_of_values.reshape(height, width, bands)
@@ -481,8 +486,8 @@ def make_scene(
     ``object_count`` defaults to one object per 256 x 256 pixels (objects sit in distinct 96 px grid
     cells, so a scene holds at most ``(width // 96) * (height // 96)``). ``rpc=True`` (EPSG:4326 only)
     writes an RPC model instead of a geotransform, see the module docstring. ``compress`` (GTiff only) is
-    a GDAL COMPRESS value such as DEFLATE. Pixels depend only on ``seed``, ``width``, ``height``, ``bands``
-    and ``dtype``: the same scene as GeoTIFF and as NITF has the same pixels.
+    a GDAL COMPRESS value such as DEFLATE. Pixels depend only on ``seed``, ``width``, ``height``, ``bands``,
+    ``dtype`` and ``block_size``: the same scene as GeoTIFF and as NITF has the same pixels.
     """
     driver_name, dtype_name = _normalise(driver, dtype)
     if width < 1 or height < 1 or bands < 1:
@@ -513,7 +518,9 @@ def make_scene(
         )
         options = _nitf_options(bands, dtype_name, seed, width, height, block_size, georeferencing)
     gdal_type = _DTYPES[dtype_name]
-    dataset = gdal.GetDriverByName(driver_name).Create(target, width, height, bands, gdal_type, options=options)
+    dataset = gdal.GetDriverByName(driver_name).Create(
+        target, width, height, bands, gdal_type, options=options
+    )
     try:
         if driver_name == "GTiff":
             if rpc_metadata:
@@ -529,7 +536,7 @@ def make_scene(
             for block_column, x in enumerate(range(0, width, block_size)):
                 block_width = min(block_size, width - x)
                 numbers = by_block.get((block_row, block_column), [])
-                pixels = render_block(
+                pixels = _render_block(
                     seed,
                     x,
                     y,
@@ -555,8 +562,7 @@ def make_scene(
                     buf_line_space=block_width * bands * item,
                     buf_band_space=item,
                 )
-            dataset.FlushCache()  # write each block row out now: dirty blocks do not pile up in the cache
-
+            dataset.FlushCache()  # write each block row now: memory stays at one block row, not the image
     finally:
         dataset = None  # closing writes the headers / TREs
     return Scene(
@@ -599,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--origin", type=float, nargs=2, metavar=("X", "Y"), help="upper-left corner")
     parser.add_argument("--pixel-size", type=float, help="pixel size in CRS units")
     parser.add_argument("--compress", help="GTiff COMPRESS value, e.g. DEFLATE")
-    parser.add_argument("--truth", help="also write the ground truth (scene description + boxes) as JSON here")
+    parser.add_argument(
+        "--truth", help="also write the ground truth (scene description + boxes) as JSON here"
+    )
     return parser
 
 

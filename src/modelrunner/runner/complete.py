@@ -17,12 +17,24 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 
-def maybe_complete(services: Services, image_id: str) -> str | None:
-    """Complete the job if every region is counted and nobody else is completing it; the final status."""
-    lease = max(60.0, services.settings.visibility_timeout)
-    if not services.jobs.claim_completion(image_id, services.worker_id, lease):
-        return None
-    return complete(services, image_id)
+def completion_lease(services: Services) -> float:
+    """Seconds after which another worker may take over a completion whose worker went silent."""
+    return 2.0 * services.settings.visibility_timeout
+
+
+def maybe_complete(services: Services, image_id: str) -> bool:
+    """Complete the job if every region is counted and nobody else is completing it.
+
+    Returns True when the caller may delete its message: the job ended (here or elsewhere) or still has
+    regions to go. False means every region is done but another worker holds the completion: keep the
+    message, so that it comes back and completes the job should that worker die.
+    """
+    if services.jobs.claim_completion(image_id, services.worker_id, completion_lease(services)):
+        complete(services, image_id)
+        return True
+    job = services.jobs.get(image_id)
+    all_done = int(job.get("region_count", 0)) > 0 and job.get("regions_done") == job.get("region_count")
+    return "end_time" in job or not all_done
 
 
 def complete(services: Services, image_id: str) -> str | None:

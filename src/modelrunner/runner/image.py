@@ -75,11 +75,16 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
         "extents": extents, "job_status": "IN_PROGRESS", "image_extension": info.extension,
         "sensor_model": geolocator.kind if geolocator else "NONE",
     })
-    services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
+    if created:
+        services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
         services.regions.plan(region, index, planned.tile_count)
-    _queue_regions(services, regions[1:])
     job = services.jobs.get(request.image_id)
+    if not job.get("regions_queued"):
+        # A redelivered image message (its worker died) re-queues only if the first delivery did not get
+        # this far; a region queued twice is harmless (its second delivery finds it finished), just wasted.
+        _queue_regions(services, regions[1:])
+        services.jobs.update(request.image_id, {"regions_queued": True})
     return regions[0], job
 
 

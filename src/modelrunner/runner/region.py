@@ -3,6 +3,7 @@ store the region's result, and count the region towards its job (exactly once)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -145,28 +146,29 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
         succeeded: list[Any] = []
         failed: list[Any] = []
         last_progress = time.monotonic()
-        for work, future in bounded_map(run, _strips(source, tiles_by_row), settings.workers):
-            if abort is not None and abort.is_set():
-                raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
-            tile = work.tile
-            try:
-                tile_features, inference_dt = future.result()
-                if plan.roi is not None:
-                    tile_features = [f for f in tile_features
-                                     if plan.roi.intersects(image_shape(f["properties"]))]
-                geolocate(tile_features, to_world)
-                finish(tile_features, job_id=job_id, inference_dt=inference_dt,
-                       feature_properties=feature_properties, source_metadata=source_metadata)
-            except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
-                log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
-                failed.append(tile.key)
-                continue
-            succeeded.append(tile.key)
-            features.extend(tile_features)
-            raw.append((f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", tile_features))
-            if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
-                last_progress = time.monotonic()
+        with contextlib.closing(bounded_map(run, _strips(source, tiles_by_row), settings.workers)) as results:
+            for work, future in results:
+                if abort is not None and abort.is_set():
+                    raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
+                tile = work.tile
+                try:
+                    tile_features, inference_dt = future.result()
+                    if plan.roi is not None:
+                        tile_features = [f for f in tile_features
+                                         if plan.roi.intersects(image_shape(f["properties"]))]
+                    geolocate(tile_features, to_world)
+                    finish(tile_features, job_id=job_id, inference_dt=inference_dt,
+                           feature_properties=feature_properties, source_metadata=source_metadata)
+                except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
+                    log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
+                    failed.append(tile.key)
+                    continue
+                succeeded.append(tile.key)
+                features.extend(tile_features)
+                raw.append((f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", tile_features))
+                if time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                    services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
+                    last_progress = time.monotonic()
     services.features.put_raw(region.image_id, region.region_id, raw)
     return features, total, succeeded, failed
 

@@ -42,17 +42,18 @@ class FeatureStore:
         expire = int(time.time()) + self.ttl_seconds
         items: list[dict[str, Any]] = []
         for tile_id, features in tiles:
-            chunk: list[str] = []
+            chunks: list[list[str]] = [[]]
             size = 0
             for feature in features:
                 text = json.dumps(feature)
-                if chunk and size + len(text) > ITEM_CHARS:
-                    items.append(self._raw_item(image_id, region_id, tile_id, len(items), chunk, expire))
-                    chunk, size = [], 0
-                chunk.append(text)
+                if chunks[-1] and size + len(text) > ITEM_CHARS:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(text)
                 size += len(text)
-            if chunk:
-                items.append(self._raw_item(image_id, region_id, tile_id, len(items), chunk, expire))
+            # Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
+            items.extend(self._raw_item(image_id, region_id, tile_id, n, chunk, expire)
+                         for n, chunk in enumerate(chunks) if chunk)
         ddb.batch_put(self.client, self.table, items)
         return len(items)
 

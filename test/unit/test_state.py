@@ -72,11 +72,13 @@ def test_raw_features_overwrite_on_redelivery_and_region_results_round_trip(stor
     features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
     features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
     assert sorted(f["properties"]["n"] for f in features.raw_features("img")) == list(range(100))
-    big = [{"type": "Feature", "id": str(i), "properties": {"blob": i * 7919 % 100003}} for i in range(30000)]
+    big = [{"type": "Feature", "id": str(i), "properties": {"imageBBox": [i, 2, i + 5, 9], "blob": i * 7919 % 100003}}
+           for i in range(30000)]
     chunks = features.put_region_result("img", "r1", big)
     features.put_region_result("img", "r2", [])
     out = features.region_results("img", {"r1": chunks, "r2": 1})
-    assert out["r1"] == big and out["r2"] == []
+    assert out["r1"].features() == big and out["r2"].features() == []
+    assert out["r1"].boxes.shape == (30000, 4) and list(out["r1"].boxes[7]) == [7, 2, 12, 9]
 
 
 def test_status_messages_are_the_references():

@@ -139,6 +139,15 @@ def _classes(props: dict[str, Any], where: str) -> None:
         raise FeatureError(f"{where}: featureClasses must be a list of {{iri, score}} objects")
 
 
+def image_bounds(props: Mapping[str, Any]) -> tuple[float, float, float, float]:
+    """(minx, miny, maxx, maxy) of a feature's pixel geometry (imageGeometry, else imageBBox)."""
+    if "imageGeometry" in props:
+        xs, ys = zip(*_positions(props["imageGeometry"]["coordinates"]), strict=True)
+        return min(xs), min(ys), max(xs), max(ys)
+    x0, y0, x1, y1 = (float(v) for v in props["imageBBox"])
+    return x0, y0, x1, y1
+
+
 def image_shape(props: Mapping[str, Any]) -> Any:
     """The feature's pixel geometry as a shapely object (imageGeometry, else the imageBBox box)."""
     if "imageGeometry" in props:

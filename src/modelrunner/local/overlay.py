@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
+from ..features.convert import image_bounds
+
 COLOUR = (255, 40, 40)
 
 
@@ -24,21 +26,7 @@ def _stretch(pixels: np.ndarray) -> np.ndarray:
 
 def feature_boxes(features: Sequence[dict[str, Any]]) -> list[tuple[float, float, float, float]]:
     """Pixel boxes (minx, miny, maxx, maxy) of features, from imageGeometry or imageBBox."""
-    boxes = []
-    for feature in features:
-        props = feature.get("properties") or {}
-        if "imageBBox" in props:
-            boxes.append(tuple(float(v) for v in props["imageBBox"]))
-            continue
-        coords = np.array(_flatten(props["imageGeometry"]["coordinates"]), dtype=float).reshape(-1, 2)
-        boxes.append((coords[:, 0].min(), coords[:, 1].min(), coords[:, 0].max(), coords[:, 1].max()))
-    return boxes
-
-
-def _flatten(coords: Any) -> list[float]:
-    if coords and isinstance(coords[0], int | float):
-        return [float(coords[0]), float(coords[1])]
-    return [v for c in coords for v in _flatten(c)]
+    return [image_bounds(feature.get("properties") or {}) for feature in features]
 
 
 def render_overlay(image_path: str, features: Sequence[dict[str, Any]], out_path: str, max_side: int = 1600) -> int:

@@ -8,10 +8,13 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from ..errors import SinkError
 from ..features.merge import distill
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
+from ..state.features import RegionResult
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -41,12 +44,11 @@ def complete(services: Services, image_id: str) -> str | None:
     started = time.monotonic()
     job = services.jobs.get(image_id)
     request = ImageRequest.from_dict(json.loads(job["request"]))
-    rows = services.regions.all(image_id)
+    rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
     counts = {r["region_id"]: int(r.get("result_chunks", 0)) for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, counts)
-    order = sorted(rows, key=lambda r: int(r.get("region_index", 0)))
-    features = [f for r in order for f in results.get(r["region_id"], [])]
-    merged = distill(features, request.distillation)
+    merged = merge_regions(rows, results, request.distillation)
+    raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
 
     sink_results: list[SinkResult] = []
@@ -81,7 +83,7 @@ def complete(services: Services, image_id: str) -> str | None:
         details = [f"{errors} of {success + errors} regions had errors ({failed_tiles} tiles failed)"] if errors else []
         reason = f"{reason}: " + "; ".join(details + reasons[:5]) if details or reasons else reason
     fields: dict[str, Any] = {
-        "feature_count": len(merged), "raw_feature_count": len(features), "failed_tile_count": failed_tiles,
+        "feature_count": len(merged), "raw_feature_count": raw_count, "failed_tile_count": failed_tiles,
         "outputs_written": json.dumps([r.sink for r in sink_results]),
     }
     duration = services.jobs.end(image_id, status, reason, fields)
@@ -95,6 +97,41 @@ def complete(services: Services, image_id: str) -> str | None:
                            "Errors": (1 if status != "SUCCESS" else 0, "Count")})
     services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
     return status
+
+
+def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult],
+                  option: DistillationOption) -> list[dict[str, Any] | str]:
+    """Merge every region's result across region seams into the job's output features.
+
+    Each region's features were already merged within the region, so only features whose box reaches into
+    another region's window can still have a duplicate: those few are parsed and merged (the same rules as
+    across tiles); all others go to the outputs as their stored GeoJSON text, never parsed. For NMS this
+    selects exactly what a merge of everything would: a feature that reaches no other region can neither
+    suppress nor be suppressed by anything the region merge had not already seen.
+    """
+    windows = np.array([[r["region_bounds"][0][1], r["region_bounds"][0][0],
+                         r["region_bounds"][0][1] + r["region_bounds"][1][0],
+                         r["region_bounds"][0][0] + r["region_bounds"][1][1]] for r in rows], dtype=float)
+    untouched: list[dict[str, Any] | str] = []
+    seam: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        result = results.get(row["region_id"])
+        if result is None or not result.texts:
+            continue
+        others = np.delete(windows, i, axis=0)
+        boxes = result.boxes
+        if len(others):
+            reaches = ((boxes[:, None, 0] < others[None, :, 2]) & (boxes[:, None, 2] > others[None, :, 0])
+                       & (boxes[:, None, 1] < others[None, :, 3]) & (boxes[:, None, 3] > others[None, :, 1]))
+            near = reaches.any(axis=1)
+        else:
+            near = np.zeros(len(boxes), dtype=bool)
+        for text, is_near in zip(result.texts, near, strict=True):
+            if is_near:
+                seam.append(json.loads(text))
+            else:
+                untouched.append(text)
+    return untouched + distill(seam, option)
 
 
 def fail_job(services: Services, request: ImageRequest, reason: str) -> None:

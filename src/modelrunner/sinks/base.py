@@ -54,3 +54,9 @@ def feature_label(feature: Any, index: int) -> str:
         if ident not in (None, ""):
             return json.dumps(ident) if not isinstance(ident, str) else repr(ident)
     return f"#{index}"
+
+
+def feature_json(feature: dict[str, Any] | str) -> str:
+    """A feature's GeoJSON text; a ``str`` is taken as already-serialised JSON (the job's stored results
+    are kept as text, so features nobody changed are never parsed and re-serialised)."""
+    return feature if isinstance(feature, str) else json.dumps(feature)

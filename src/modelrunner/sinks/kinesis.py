@@ -18,7 +18,6 @@ Call-level throttling and 5xx answers are retried by botocore itself (standard r
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -30,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import SinkError
 from ..requests import KinesisOutput
-from .base import SinkResult, feature_label
+from .base import SinkResult, feature_json, feature_label
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def _encode(feature: dict[str, Any], index: int, key_bytes: int, result: SinkRes
     """The feature as a record, or None after counting it failed (not serialisable, or over 1 MiB)."""
     label = feature_label(feature, index)
     try:
-        data = json.dumps({"type": "FeatureCollection", "features": [feature]}).encode("utf-8")
+        data = ('{"type": "FeatureCollection", "features": [' + feature_json(feature) + "]}").encode("utf-8")
     except (TypeError, ValueError) as err:
         result.features_failed += 1
         _add_reason(result, f"feature {label} cannot be serialised as JSON: {err}")

@@ -20,7 +20,6 @@ whatever the size of the result; disk use is the size of the object.
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Iterable
 from tempfile import SpooledTemporaryFile
@@ -32,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import SinkError
 from ..requests import S3Output
-from .base import SinkResult, feature_label
+from .base import SinkResult, feature_json, feature_label
 
 MiB = 1024 * 1024
 CONTENT_TYPE = "application/geo+json"
@@ -130,7 +129,7 @@ def _spool_collection(features: Iterable[dict[str, Any]], spool: IO[bytes]) -> i
     count = 0
     for feature in features:
         try:
-            text = json.dumps(feature)
+            text = feature_json(feature)
         except (TypeError, ValueError) as err:
             raise SinkError(
                 f"feature {feature_label(feature, count)} cannot be serialised as JSON: {err}"

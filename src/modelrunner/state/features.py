@@ -5,9 +5,11 @@ Raw features are written as the reference writes them, because other tools count
 well under DynamoDB's 400 KB. Our keys are deterministic (derived from the region, tile and chunk), so a
 redelivered region overwrites its own items instead of adding duplicates.
 
-Region results are stored compactly: the region's merged features as one zlib-compressed JSON array, cut
-into binary chunks under ``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a
-whole job back is one paginated Query.
+Region results are stored compactly: the region's merged features as their pixel boxes (a float64 array)
+followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
+``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a whole job back is one
+paginated Query; the boxes let the completion find the few features near region seams without parsing the
+others, whose texts go to the outputs as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from ..features.convert import image_bounds
 from . import ddb
 
 SALTS = 50
@@ -29,6 +34,35 @@ CHUNK_BYTES = 350_000
 
 def _hex(*parts: object) -> str:
     return hashlib.md5("|".join(map(str, parts)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """A region's merged features as stored: pixel boxes (n, 4) and the features' GeoJSON texts."""
+
+    boxes: np.ndarray
+    texts: list[str]
+
+    @classmethod
+    def of(cls, features: Sequence[dict[str, Any]]) -> RegionResult:
+        boxes = np.array([image_bounds(f["properties"]) for f in features], dtype="<f8").reshape(-1, 4)
+        return cls(boxes, [json.dumps(f) for f in features])
+
+    def to_bytes(self) -> bytes:
+        # GeoJSON text from json.dumps never holds a raw newline, so newlines separate the features.
+        head = len(self.texts).to_bytes(8, "little")
+        return head + self.boxes.astype("<f8").tobytes() + "\n".join(self.texts).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RegionResult:
+        count = int.from_bytes(data[:8], "little")
+        end = 8 + 32 * count
+        boxes = np.frombuffer(data[8:end], dtype="<f8").reshape(count, 4)
+        texts = data[end:].decode().split("\n") if count else []
+        return cls(boxes, texts)
+
+    def features(self) -> list[dict[str, Any]]:
+        return [json.loads(t) for t in self.texts]
 
 
 @dataclass
@@ -73,8 +107,8 @@ class FeatureStore:
 
     def put_region_result(self, image_id: str, region_id: str, features: Sequence[dict[str, Any]]) -> int:
         """Store a region's merged features; returns the chunk count (recorded in the region row)."""
-        blob = zlib.compress(json.dumps(list(features), separators=(",", ":")).encode(), 3)
-        chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)] or [b""]
+        blob = zlib.compress(RegionResult.of(features).to_bytes(), 1)
+        chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
         expire = int(time.time()) + self.ttl_seconds
         ddb.batch_put(self.client, self.table, [
             {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{i:05d}", "region_id": region_id,
@@ -82,30 +116,29 @@ class FeatureStore:
             for i, part in enumerate(chunks)])
         return len(chunks)
 
-    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
-        """Merged features of every region, keyed by region id; only the chunk counts the rows record."""
+    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, RegionResult]:
+        """Every region's stored result, keyed by region id; only the chunk counts the rows record."""
         parts: dict[str, dict[int, bytes]] = {}
-        for item in self._query(f"{image_id}-regions"):
-            region_id = item["region_id"]
-            if int(item["chunk"]) < chunk_counts.get(region_id, 0):
-                parts.setdefault(region_id, {})[int(item["chunk"])] = bytes(item["blob"])
-        results: dict[str, list[dict[str, Any]]] = {}
+        for item in self._query(f"{image_id}-regions", raw=True):
+            region_id = item["region_id"]["S"]
+            chunk = int(item["chunk"]["N"])
+            if chunk < chunk_counts.get(region_id, 0):
+                parts.setdefault(region_id, {})[chunk] = item["blob"]["B"]
+        results: dict[str, RegionResult] = {}
         for region_id, count in chunk_counts.items():
             got = parts.get(region_id, {})
             if len(got) != count:
                 raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
-            blob = b"".join(got[i] for i in range(count))
-            results[region_id] = json.loads(zlib.decompress(blob)) if blob else []
+            results[region_id] = RegionResult.from_bytes(zlib.decompress(b"".join(got[i] for i in range(count))))
         return results
 
-    def _query(self, hash_key: str) -> Iterable[dict[str, Any]]:
+    def _query(self, hash_key: str, raw: bool = False) -> Iterable[dict[str, Any]]:
         kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "hash_key = :h",
                                   "ExpressionAttributeValues": ddb.values({":h": hash_key}), "ConsistentRead": True}
         while True:
             answer = self.client.query(**kwargs)
-            for raw in answer.get("Items", []):
-                item = ddb.unmarshal(raw)
-                yield item
+            for item in answer.get("Items", []):
+                yield item if raw else ddb.unmarshal(item)
             if "LastEvaluatedKey" not in answer:
                 return
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]

@@ -52,6 +52,12 @@ def test_image_request_to_merged_outputs(stack, model_server, worker_factory, sc
     assert final["attributes"]["status"] == "FAILED"
     assert "imageProcessorTileFormat" in final["message"]
 
+    # An image that does not exist: one FAILED status that names it; the worker still serves.
+    submit(stack, request_for(stack, "missing-job", url + ".missing", model, model_type))
+    final, statuses = wait_final(stack, "missing-job")
+    assert [s["attributes"]["status"] for s in statuses] == ["STARTED", "FAILED"]
+    assert "scene.tif.missing" in final["message"]
+
     job_id = f"job-{model_type.lower()}"
     submit(stack, request_for(stack, job_id, url, model, model_type))
     final, statuses = wait_final(stack, job_id)

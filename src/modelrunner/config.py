@@ -66,6 +66,13 @@ def _size(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[
     return int(value[0]), int(value[1])
 
 
+def _extension(raw: str) -> str:
+    """``ELEVATION_DATA_EXTENSION``: the suffix of the DEM tiles in an ``ELEVATION_DATA_LOCATION`` folder
+    (``tif`` and ``.tif`` both mean ``.tif``; empty means the default)."""
+    value = raw.strip() or ".tif"
+    return value if value.startswith(".") else "." + value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker needs from its environment."""
@@ -86,6 +93,8 @@ class Settings:
     throttling_scale_factor: int = 10
     throttling_retry_timeout: int = 10
     elevation_data_location: str | None = None
+    """A DEM file, or a folder (local or s3://) of elevation tiles mosaicked once per process; used for RPC
+    images (``imagery/elevation.py``)."""
     elevation_data_extension: str = ".tif"
     elevation_data_version: str = "1arc_v3"
     # Ours.
@@ -128,7 +137,7 @@ class Settings:
             throttling_scale_factor=_int(env, "THROTTLING_SCALE_FACTOR", 10, minimum=1),
             throttling_retry_timeout=_int(env, "THROTTLING_RETRY_TIMEOUT", 10, minimum=0),
             elevation_data_location=env.get("ELEVATION_DATA_LOCATION") or None,
-            elevation_data_extension=env.get("ELEVATION_DATA_EXTENSION", ".tif"),
+            elevation_data_extension=_extension(env.get("ELEVATION_DATA_EXTENSION", ".tif")),
             elevation_data_version=env.get("ELEVATION_DATA_VERSION", "1arc_v3"),
             region_wait_seconds=_int(env, "MR_REGION_WAIT_SECONDS", 10),
             visibility_timeout=_int(env, "MR_VISIBILITY_TIMEOUT", 120, minimum=2),

@@ -14,10 +14,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import RequestError
+from .imagery.formats import unsupported_reason
 
 INVOKE_MODES = ("SM_ENDPOINT", "HTTP_ENDPOINT")
 TILE_FORMATS = ("NITF", "JPEG", "PNG", "GTIFF")
 TILE_COMPRESSIONS = ("NONE", "JPEG", "J2K", "LZW")
+#: ``georegistration``: AUTO geolocates features when the image has a usable sensor model (the reference's
+#: only behaviour); NONE never does (features keep image coordinates), for imagery whose geolocation is
+#: missing or wrong.
+GEOREGISTRATIONS = ("AUTO", "NONE")
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_TILE_OVERLAP = 50
 MAX_TILE_SIZE = 16384
@@ -93,7 +98,7 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
 class DistillationOption:
     """How duplicate detections are merged (the request's ``postProcessing`` FEATURE_DISTILLATION step).
 
-    ``NMS`` and ``SOFT_NMS`` are the reference's; ``NMM`` (merge matched boxes, score-weighted),
+    ``NMS`` and ``SOFT_NMS`` are the reference's; ``NMM`` (merge matched boxes into their union box, as SAHI),
     ``match_metric`` IOS and ``class_agnostic`` are ours. Unlike the reference, SOFT_NMS honours
     ``iou_threshold``: only boxes overlapping more than it are decayed.
     """
@@ -259,6 +264,7 @@ class ImageRequest:
     tile_format: str = "NITF"
     tile_compression: str = "NONE"
     roi_wkt: str | None = None
+    georegistration: str = "AUTO"
     outputs: tuple[Output, ...] = ()
     feature_properties: tuple[Mapping[str, Any], ...] = ()
     distillation: DistillationOption = field(default_factory=DistillationOption)
@@ -314,10 +320,21 @@ class ImageRequest:
         if overlap >= size:
             raise RequestError("imageProcessorTileOverlap", f"must be smaller than the tile size {size}, got {overlap}")
 
+        tile_format = _choice(raw.get("imageProcessorTileFormat"), "imageProcessorTileFormat", TILE_FORMATS, "NITF")
+        tile_compression = _choice(raw.get("imageProcessorTileCompression"), "imageProcessorTileCompression",
+                                   TILE_COMPRESSIONS, "NONE")
+        pair_problem = unsupported_reason(tile_format, tile_compression)
+        if pair_problem is not None:
+            raise RequestError("imageProcessorTileCompression", pair_problem)
+
         roi = raw.get("regionOfInterest")
         roi_wkt: str | None = None
         if roi not in (None, ""):
             roi_wkt = _validate_wkt(roi)
+        georegistration = _choice(raw.get("georegistration"), "georegistration", GEOREGISTRATIONS, "AUTO")
+        if georegistration == "NONE" and roi_wkt:
+            raise RequestError("georegistration", "NONE cannot be combined with a regionOfInterest: a lon/lat "
+                               "region needs the image's sensor model to find its pixels (use AUTO)")
 
         outputs_raw = raw.get("outputs")
         if not outputs_raw and raw.get("outputBucket") and raw.get("outputPrefix") is not None:
@@ -344,10 +361,10 @@ class ImageRequest:
             image_read_role=_role(raw.get("imageReadRole"), "imageReadRole"),
             tile_size=size,
             tile_overlap=overlap,
-            tile_format=_choice(raw.get("imageProcessorTileFormat"), "imageProcessorTileFormat", TILE_FORMATS, "NITF"),
-            tile_compression=_choice(raw.get("imageProcessorTileCompression"), "imageProcessorTileCompression",
-                                     TILE_COMPRESSIONS, "NONE"),
+            tile_format=tile_format,
+            tile_compression=tile_compression,
             roi_wkt=roi_wkt,
+            georegistration=georegistration,
             outputs=outputs,
             feature_properties=tuple(dict(p) for p in props),
             distillation=_post_processing(raw.get("postProcessing")),
@@ -381,6 +398,8 @@ class ImageRequest:
             out["imageReadRole"] = self.image_read_role
         if self.roi_wkt:
             out["regionOfInterest"] = self.roi_wkt
+        if self.georegistration != "AUTO":
+            out["georegistration"] = self.georegistration
         if self.feature_properties:
             out["featureProperties"] = [dict(p) for p in self.feature_properties]
         return out

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import wait_final
 from osgeo import gdal
 
+from conftest import wait_final
 from modelrunner.local.overlay import feature_boxes
 from modelrunner.local.scene import make_scene
 

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from modelrunner.local.scene import make_scene
 from osgeo import gdal
 
 from conftest import submit, wait_final
+from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import kinesis_records
 from modelrunner.state.features import FeatureStore
 from modelrunner.state.jobs import JobStore

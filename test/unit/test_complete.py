@@ -56,3 +56,28 @@ def test_seam_merge_equals_a_merge_of_everything(seed):
     assert got == expected
     assert len(merged) < len(everything), "the seams held duplicates"
     assert sum(isinstance(f, dict) for f in merged) < len(merged) / 2, "most features are never parsed"
+
+
+def test_soft_nms_runs_once_over_every_feature():
+    rows, results = region_results(7)
+    option = DistillationOption(algorithm_type="SOFT_NMS", iou_threshold=0.3)
+    everything = [f for r in rows for f in results[r["region_id"]].features()]
+    expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
+    merged = merge_regions(rows, results, option)
+    assert all(isinstance(f, dict) for f in merged)
+    assert sorted(json.dumps(f, sort_keys=True) for f in merged) == expected
+
+
+def test_features_a_seam_merge_changes_are_relocated():
+    rows, results = region_results(3)
+    relocated = []
+
+    def relocate(feature):
+        relocated.append(feature["id"])
+        feature["geometry"] = {"type": "Point", "coordinates": [0.0, 0.0, 0.0]}
+        return feature
+
+    merged = merge_regions(rows, results, DistillationOption(algorithm_type="NMM", iou_threshold=0.3), relocate)
+    assert relocated, "NMM grew some boxes across the seams"
+    changed = [f for f in merged if isinstance(f, dict) and f["id"] in relocated]
+    assert changed and all(f["geometry"]["type"] == "Point" for f in changed)

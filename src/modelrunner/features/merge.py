@@ -16,13 +16,25 @@ quadratic cost: candidate pairs come from a spatial grid in numpy (only boxes th
 are ever compared), and the greedy suppression runs on the resulting conflict graph in vectorised rounds,
 which is how 100,000 boxes take tens of milliseconds instead of seconds. The lower-level array functions
 (:func:`nms_indices`, :func:`soft_nms_indices`, :func:`nmm_indices`) are public so benchmarks and other
-callers can use the algorithms without GeoJSON.
+callers can use the algorithms without GeoJSON. ``match_metric`` IOS (intersection over the smaller box's
+area) replaces IoU everywhere, for all three algorithms.
 
 Determinism: the result depends on the *set* of features, never on their order. Every choice between equal
 scores is made by a canonical key (score descending, then the box ``minx, miny, maxx, maxy``, the label and,
 for features equal on all of those, their JSON serialisation with sorted keys), and the output is sorted by
-final score with the same key. ``ensemble_boxes`` breaks ties by array position (a non-stable argsort), which
-is the one place where this module deliberately differs from it.
+final score with the same key. Features are never collapsed because their boxes are equal; only the
+algorithm decides what survives.
+
+Where this deliberately differs from ``ensemble_boxes`` (1.0.9):
+
+* ties: it visits equal scores in reverse array order (``argsort()[::-1]``), so which of two equal
+  detections survives depends on the input order; here the canonical key decides;
+* coordinates: it wants boxes in [0, 1], clips anything outside and silently drops zero-area boxes; here
+  pixel boxes are used as given (dividing x and y by any scale does not change IoU or IoS), a zero width or
+  height gets :data:`POINT_PAD` in :func:`distill`, and a zero-area box in the array API never matches;
+* soft-NMS: it decays every box and ignores ``iou_thr``; here only boxes overlapping more than the
+  threshold are decayed (``threshold=0`` is its behaviour), and the kept boxes' *decayed* scores are
+  returned where it returns the original ones.
 """
 
 from __future__ import annotations
@@ -185,15 +197,28 @@ class _CellIndex:
             np.cumsum(np.bincount(self.keys, minlength=ncell), out=table[1:])
             self.table = table
 
-    def ranges(self, query: IntArray) -> tuple[IntArray, IntArray]:
+    def first(self, query: IntArray) -> IntArray:
+        """Position of the first box in cell ``query`` (or where it would be)."""
         if self.table is not None:
-            return self.table[query], self.table[query + 1]
-        return (np.searchsorted(self.keys, query, "left").astype(np.int64),
-                np.searchsorted(self.keys, query, "right").astype(np.int64))
+            return self.table[query]
+        return np.searchsorted(self.keys, query, "left").astype(np.int64)
+
+    def end(self, query: IntArray) -> IntArray:
+        """Position after the last box in cell ``query``."""
+        if self.table is not None:
+            return self.table[query + 1]
+        return np.searchsorted(self.keys, query, "right").astype(np.int64)
 
 
-def _candidate_pairs(boxes: FloatArray, reach: FloatArray, min_ratio: float) -> Iterator[tuple[IntArray, IntArray]]:
-    """Yield chunks of candidate pairs ``(i, j)``, every unordered pair at most once.
+def _candidate_pairs(
+    boxes: FloatArray, reach: FloatArray, min_ratio: float,
+) -> Iterator[tuple[IntArray, IntArray, IntArray, IntArray]]:
+    """Yield chunks of candidate pairs, every unordered pair at most once.
+
+    A chunk is ``(a, s, b, d)``: the pairs ``(a[s[k]], b[d[k]])`` of box indices. ``a`` and ``b`` list boxes
+    in grid-cell order and are shared by consecutive chunks, so the caller can gather their coordinates
+    once and then read them almost sequentially (``s`` ascends, ``d`` stays near it): at a million boxes,
+    random gathers into the coordinate arrays cost more than the arithmetic.
 
     Contract: every pair whose min corners are closer than ``max(reach_i, reach_j)`` in both x and y, and
     whose reaches differ by less than a factor ``1 / min_ratio``, is yielded. Boxes are hashed by their
@@ -230,24 +255,23 @@ def _candidate_pairs(boxes: FloatArray, reach: FloatArray, min_ratio: float) -> 
         dense = ncell <= 8 * used.size + (1 << 20)
         key = (cy + 1) * gx + (cx + 1)
         a_index = _CellIndex(key[: a_pos.size], a_pos, ncell, dense)
+        a_boxes = idx[a_index.members]
         ka = a_index.keys
         pos = np.arange(ka.size, dtype=np.int64)
-        # Half of the 3x3 neighbourhood (this cell, right, and the three below) sees each pair once.
-        for offset in (0, 1, gx - 1, gx, gx + 1):
-            lo, hi = a_index.ranges(ka + offset)
-            if offset == 0:
-                lo = pos + 1
+        # Half of the 3x3 neighbourhood sees each pair once: the rest of this cell plus the next cell of the
+        # row (consecutive keys, one range), and the three cells of the row below (one range again).
+        for lo, hi in ((pos + 1, a_index.end(ka + 1)), (a_index.first(ka + (gx - 1)), a_index.end(ka + (gx + 1)))):
             s, d = _expand(pos, lo, hi)
             if s.size:
-                yield idx[a_index.members[s]], idx[a_index.members[d]]
+                yield a_boxes, s, a_boxes, d
         if b_pos.size:
             b_index = _CellIndex(key[a_pos.size:], b_pos, ncell, dense)
-            for dy in (-gx, 0, gx):
-                for dx in (-1, 0, 1):
-                    lo, hi = b_index.ranges(ka + (dy + dx))
-                    s, d = _expand(pos, lo, hi)
-                    if s.size:
-                        yield idx[a_index.members[s]], idx[b_index.members[d]]
+            b_boxes = idx[b_index.members]
+            for row in (-gx, 0, gx):  # the whole 3x3 neighbourhood, a row (three cells) at a time
+                lo, hi = b_index.first(ka + (row - 1)), b_index.end(ka + (row + 1))
+                s, d = _expand(pos, lo, hi)
+                if s.size:
+                    yield a_boxes, s, b_boxes, d
 
 
 def overlapping_pairs(
@@ -276,14 +300,24 @@ def overlapping_pairs(
     # IoU > t also needs each side within a factor t of the other's, so far-apart size levels are skipped.
     min_ratio = t if metric == "IOU" else 0.0
     out_i, out_j, out_v = [], [], []
-    for i, j in _candidate_pairs(b, reach, min_ratio):
+    columns: dict[int, tuple[NDArray[Any], ...]] = {}  # per cell-ordered list: its boxes' columns
+
+    def gather(members: IntArray) -> tuple[NDArray[Any], ...]:
+        if id(members) not in columns:
+            cols = (x1[members], y1[members], x2[members], y2[members])
+            columns[id(members)] = cols if lab is None else (*cols, lab[members])
+        return columns[id(members)]
+
+    for a, s, c, d in _candidate_pairs(b, reach, min_ratio):
+        ca, cc = gather(a), gather(c)
         if lab is not None:
-            same = lab[i] == lab[j]
-            i, j = i[same], j[same]
-        value = _metric_columns(x1[i], y1[i], x2[i], y2[i], x1[j], y1[j], x2[j], y2[j], metric)
+            same = ca[4][s] == cc[4][d]
+            s, d = s[same], d[same]
+        value = _metric_columns(ca[0][s], ca[1][s], ca[2][s], ca[3][s], cc[0][d], cc[1][d], cc[2][d], cc[3][d],
+                                metric)
         hit = value > t
-        out_i.append(i[hit])
-        out_j.append(j[hit])
+        out_i.append(a[s[hit]])
+        out_j.append(c[d[hit]])
         out_v.append(value[hit])
     if not out_i:
         return empty_i, empty_i, empty_f
@@ -342,9 +376,12 @@ def _sort_runs(order: IntArray, tied: NDArray[np.bool_], keys: tuple[NDArray[Any
 
 
 def canonical_order(boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike | None = None) -> IntArray:
-    """The order in which the algorithms visit boxes: score descending, ties by ``minx, miny, maxx,
-    maxy``, then label, then index (arrays carry no other identity; :func:`distill` adds the feature's
-    JSON before the index)."""
+    """The order in which the algorithms visit boxes (and list what they keep).
+
+    Score descending, ties by ``minx, miny, maxx, maxy``, then label, then index: arrays carry no other
+    identity (:func:`distill` puts the feature's JSON before the index, so that its result does not depend
+    on input order). ensemble-boxes instead visits equal scores in reverse array order.
+    """
     b = _as_boxes(boxes)
     s = np.asarray(scores, dtype=np.float64)
     lab = np.zeros(len(b), dtype=np.int64) if labels is None else np.asarray(labels)
@@ -365,6 +402,8 @@ def _prepare(
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if s.size != len(b):
         raise ValueError(f"{len(b)} boxes but {s.size} scores")
+    if np.isnan(s).any():
+        raise ValueError("scores must not be NaN")
     if labels is not None and np.asarray(labels).shape != (len(b),):
         raise ValueError(f"{len(b)} boxes but labels of shape {np.asarray(labels).shape}")
     if order is None:
@@ -378,7 +417,7 @@ def _prepare(
             raise ValueError("order must be a permutation of range(len(boxes))")
     rank = _rank_of(ordered)
     i, j, value = overlapping_pairs(b, threshold, metric, labels)
-    return b, s, ordered, rank, np.concatenate((i, j)).reshape(2, -1), value
+    return b, s, ordered, rank, np.stack((i, j)), value
 
 
 # Greedy suppression on the conflict graph --------------------------------------------------------------
@@ -690,9 +729,9 @@ def _classify(props: dict[str, Any]) -> tuple[int, tuple[float, float, float, fl
         return _SHAPE, (minx, miny, maxx, maxy), geom
     bbox = props.get("imageBBox")
     if isinstance(bbox, list | tuple) and len(bbox) == 4:
-        values = [_number(v) for v in bbox]
-        if None not in values:
-            x1, y1, x2, y2 = (float(v or 0.0) for v in values)
+        numbers = [v for v in map(_number, bbox) if v is not None]
+        if len(numbers) == 4:
+            x1, y1, x2, y2 = numbers
             return _BOX, (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), None
     return _OTHER, nan, None
 
@@ -726,32 +765,43 @@ def _parse(features: Sequence[dict[str, Any]]) -> _Parsed:
     for k, feature in enumerate(features):
         try:  # the fast path: plain indexing, any surprise raises and falls through to the careful one
             props = feature["properties"]
-            geometry = props["imageGeometry"]
-            if geometry["type"] == "Polygon":
+            geometry = props.get("imageGeometry")
+            if geometry is None:  # imageBBox only
+                ax, ay, cx, cy = props["imageBBox"]
+                ok = True
+            elif geometry["type"] == "Polygon":
                 (p0, p1, p2, p3, p4), = geometry["coordinates"]
                 ax, ay, cx, cy = p0[0], p0[1], p2[0], p2[1]
-                if p4[0] == ax and p4[1] == ay and (
-                        (p1[0] == ax and p1[1] == cy and p3[0] == cx and p3[1] == ay)
-                        or (p1[1] == ay and p1[0] == cx and p3[1] == cy and p3[0] == ax)):
-                    (entry,) = props["featureClasses"]
-                    score = entry["score"]
-                    iri = entry["iri"]
-                    if type(score) is float and score == score and type(iri) is str:
-                        if ax <= cx:
-                            x1s[k], x2s[k] = ax, cx
-                        else:
-                            x1s[k], x2s[k] = cx, ax
-                        if ay <= cy:
-                            y1s[k], y2s[k] = ay, cy
-                        else:
-                            y1s[k], y2s[k] = cy, ay
-                        scores[k] = score
-                        code = codes.get(iri)
-                        if code is None:
-                            code = codes[iri] = len(codes)
-                        label_codes[k] = code
-                        continue
-        except (KeyError, TypeError, ValueError, IndexError):
+                ok = p4[0] == ax and p4[1] == ay and (
+                    (p1[0] == ax and p1[1] == cy and p3[0] == cx and p3[1] == ay)
+                    or (p1[1] == ay and p1[0] == cx and p3[1] == cy and p3[0] == ax))
+            elif geometry["type"] == "Point":
+                position = geometry["coordinates"]
+                ax = cx = position[0]
+                ay = cy = position[1]
+                ok = True
+            else:
+                ok = False
+            if ok:
+                (entry,) = props["featureClasses"]
+                score = entry["score"]
+                iri = entry["iri"]
+                if type(score) is float and score == score and type(iri) is str:
+                    if ax <= cx:
+                        x1s[k], x2s[k] = ax, cx
+                    else:
+                        x1s[k], x2s[k] = cx, ax
+                    if ay <= cy:
+                        y1s[k], y2s[k] = ay, cy
+                    else:
+                        y1s[k], y2s[k] = cy, ay
+                    scores[k] = score
+                    code = codes.get(iri)
+                    if code is None:
+                        code = codes[iri] = len(codes)
+                    label_codes[k] = code
+                    continue
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError):
             pass
         props = feature.get("properties") if isinstance(feature, dict) else None
         if not isinstance(props, dict):
@@ -804,13 +854,22 @@ def _lists(value: Any) -> Any:
     return value
 
 
-def _with_properties(feature: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """A copy of ``feature`` with a copied ``properties`` updated: the input dicts are never mutated."""
-    out = dict(feature) if type(feature) is dict else copy.copy(feature)  # keeps e.g. geojson.Feature
+def _with_properties(feature: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``feature`` with a copied ``properties`` updated: the input dicts are never mutated.
+
+    Plain dicts are copied with literals (the fastest copy in CPython: soft-NMS copies every kept
+    feature); other mappings (e.g. ``geojson.Feature``) with :func:`copy.copy` so they keep their type.
+    """
     props = feature.get("properties") or {}
-    props = dict(props) if type(props) is dict else copy.copy(props)
-    props.update(changes)
-    out["properties"] = props
+    if type(props) is dict:
+        new_props = {**props, **changes}
+    else:
+        new_props = copy.copy(props)
+        new_props.update(changes)
+    if type(feature) is dict:
+        return {**feature, "properties": new_props}
+    out = copy.copy(feature)
+    out["properties"] = new_props
     return out
 
 
@@ -943,7 +1002,7 @@ def distill(
                 changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
                 if "imageBBox" in (features[k].get("properties") or {}):
                     changes["imageBBox"] = list(box)
-                replaced[k] = _with_properties(features[k], **changes)
+                replaced[k] = _with_properties(features[k], changes)
                 moved.add(k)
 
     shape_idx = np.flatnonzero(parsed.kind == _SHAPE)
@@ -957,7 +1016,7 @@ def distill(
                 changes = {"imageGeometry": _lists(mapping(joined))}
                 if "imageBBox" in (features[k].get("properties") or {}):
                     changes["imageBBox"] = [float(v) for v in joined.bounds]
-                replaced[k] = _with_properties(features[k], **changes)
+                replaced[k] = _with_properties(features[k], changes)
                 moved.add(k)
 
     other = np.flatnonzero(parsed.kind == _OTHER)
@@ -970,25 +1029,35 @@ def distill(
                              rank[chosen].astype(np.uint64)])
     else:  # final score = original score, so the canonical rank is the output order
         by = _radix_argsort([rank[chosen].astype(np.uint64)], rank_bits)
-    out_idx = chosen[by].tolist()
-    result = list(map(features.__getitem__, out_idx))
-    if replaced:
-        for position, k in enumerate(out_idx):
-            new = replaced.get(k)
-            if new is not None:
-                result[position] = relocate(new) if relocate is not None and k in moved else new
+    out_idx = chosen[by]
+    if not replaced:
+        return list(map(features.__getitem__, out_idx.tolist()))
+    get = replaced.get
+    result = [get(k) or features[k] for k in out_idx.tolist()]
+    if moved and relocate is not None:
+        position = np.empty(len(features), dtype=np.int64)
+        position[out_idx] = np.arange(out_idx.size, dtype=np.int64)
+        for p in sorted(position[list(moved)].tolist()):  # in output order
+            result[p] = relocate(result[p])
     return result
 
 
 def _rescored(feature: dict[str, Any], best: int, score: float, raw: float) -> dict[str, Any]:
-    """Copy with the decayed score (and the original as ``rawScore``) in the top featureClasses entry."""
-    props = feature.get("properties") or {}
-    classes = props.get("featureClasses")
+    """Copy with the decayed score (and the original as ``rawScore``) in the top featureClasses entry.
+
+    Soft-NMS rewrites nearly every kept feature, so plain dicts are copied with literals inline.
+    """
+    props = feature.get("properties")
+    classes = props.get("featureClasses") if isinstance(props, dict) else None
     if best < 0 or not isinstance(classes, list):
         return feature
-    classes = list(classes)
-    entry = dict(classes[best])
-    entry["score"] = score
-    entry["rawScore"] = raw
-    classes[best] = entry
-    return _with_properties(feature, featureClasses=classes)
+    top = classes[best]
+    entry = {**top, "score": score, "rawScore": raw} if type(top) is dict else dict(top, score=score, rawScore=raw)
+    if len(classes) == 1:
+        classes = [entry]
+    else:
+        classes = classes[:]
+        classes[best] = entry
+    if type(props) is dict and type(feature) is dict:
+        return {**feature, "properties": {**props, "featureClasses": classes}}
+    return _with_properties(feature, {"featureClasses": classes})

@@ -7,6 +7,7 @@ per tile for all of its features.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -14,6 +15,9 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import ImageError
+from .elevation import ElevationSampler, resolve_dem
+
+log = logging.getLogger(__name__)
 
 _IDENTITY = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -57,14 +61,24 @@ class Georeference:
 
 
 class Geolocator:
-    """Maps full-image pixel (x=column, y=row) to (lon, lat, elevation). Safe to share between threads."""
+    """Maps full-image pixel (x=column, y=row) to (lon, lat, elevation). Safe to share between threads.
 
-    def __init__(self, dataset: gdal.Dataset, georef: Georeference, dem_path: str | None = None) -> None:
+    With ``dem_path`` (a DEM file or a folder of tiles, see :mod:`.elevation`) RPC images are intersected
+    with the terrain (``RPC_DEM``; heights outside the DEM are 0, ``RPC_DEM_MISSING_VALUE``) and the
+    elevation of each point is the DEM's; without it, heights are 0. Geotransform images ignore the DEM:
+    their mapping does not depend on height.
+    """
+
+    def __init__(self, dataset: gdal.Dataset, georef: Georeference, dem_path: str | None = None,
+                 dem_extension: str | None = None) -> None:
         options = ["DST_SRS=EPSG:4326"]
+        self._elevation: ElevationSampler | None = None
         if georef.kind == "RPC":
             options += ["METHOD=RPC", "RPC_PIXEL_ERROR_THRESHOLD=0.000001", "RPC_MAX_ITERATIONS=50"]
             if dem_path:
-                options += [f"RPC_DEM={dem_path}", "RPC_DEMINTERPOLATION=bilinear"]
+                dem = resolve_dem(dem_path, dem_extension)
+                options += [f"RPC_DEM={dem}", "RPC_DEMINTERPOLATION=bilinear", "RPC_DEM_MISSING_VALUE=0"]
+                self._elevation = ElevationSampler(dem)
         elif georef.kind != "AFFINE":
             raise ImageError("image has no geotransform with a spatial reference and no RPC")
         try:
@@ -74,15 +88,28 @@ class Geolocator:
         self._dataset = dataset  # the transformer may refer to it
         self._lock = threading.Lock()
         self.kind = georef.kind
-        self.uses_dem = bool(dem_path) and georef.kind == "RPC"
+        self.uses_dem = self._elevation is not None
 
     @classmethod
-    def for_dataset(cls, dataset: gdal.Dataset, dem_path: str | None = None) -> Geolocator | None:
-        """A geolocator, or None when the image has no usable sensor model (features stay in pixels)."""
+    def for_dataset(cls, dataset: gdal.Dataset, dem_path: str | None = None,
+                    dem_extension: str | None = None) -> Geolocator | None:
+        """A geolocator, or None when the image has no usable sensor model (features stay in pixels).
+
+        "Usable": GDAL can build a transformer from it. An image whose metadata GDAL cannot turn into one
+        (e.g. a malformed RPC) is processed like an image without georeferencing, with a warning, rather
+        than failing the job: that is what ``georegistration`` AUTO promises. A DEM that cannot be used is
+        still an error (:mod:`.elevation`).
+        """
         georef = Georeference.of(dataset)
         if georef.kind == "NONE":
             return None
-        return cls(dataset, georef, dem_path)
+        dem = resolve_dem(dem_path, dem_extension) if dem_path and georef.kind == "RPC" else None
+        try:
+            return cls(dataset, georef, dem, dem_extension)
+        except ImageError as err:
+            log.warning("image georeferencing (%s) is not usable, features keep pixel coordinates only: %s",
+                        georef.kind, err)
+            return None
 
     def to_world(self, xy: np.ndarray) -> np.ndarray:
         """(n, 2) pixel x, y -> (n, 3) lon, lat, elevation (0 without a DEM)."""
@@ -91,11 +118,13 @@ class Geolocator:
             return np.zeros((0, 3))
         with self._lock:
             out, ok = self._transformer.TransformPoints(0, points)
-        result = np.asarray(out, dtype=np.float64).reshape(-1, 3)
+            result = np.asarray(out, dtype=np.float64).reshape(-1, 3)
+            if all(ok) and self._elevation is not None:
+                result[:, 2] = self._elevation.heights(result[:, :2])
         if not all(ok):
             bad = [tuple(points[i]) for i, good in enumerate(ok) if not good][:3]
             raise ImageError(f"pixel -> world failed for {len(ok) - sum(map(bool, ok))} point(s), e.g. {bad}")
-        if not self.uses_dem:
+        if self._elevation is None:
             result[:, 2] = 0.0
         return result
 

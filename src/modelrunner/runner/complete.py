@@ -12,9 +12,12 @@ import numpy as np
 
 from ..errors import SinkError
 from ..features.merge import distill
+from ..imagery.geolocate import Geolocator
+from ..imagery.source import ImageSource
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from ..state.features import RegionResult
+from .region import Relocate, relocator
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ def complete(services: Services, image_id: str) -> str | None:
     rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
     counts = {r["region_id"]: int(r.get("result_chunks", 0)) for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, counts)
-    merged = merge_regions(rows, results, request.distillation)
+    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job))
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
 
@@ -99,15 +102,16 @@ def complete(services: Services, image_id: str) -> str | None:
     return status
 
 
-def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult],
-                  option: DistillationOption) -> list[dict[str, Any] | str]:
+def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult], option: DistillationOption,
+                  relocate: Relocate | None = None) -> list[dict[str, Any] | str]:
     """Merge every region's result across region seams into the job's output features.
 
     Each region's features were already merged within the region, so only features whose box reaches into
     another region's window can still have a duplicate: those few are parsed and merged (the same rules as
     across tiles); all others go to the outputs as their stored GeoJSON text, never parsed. For NMS this
     selects exactly what a merge of everything would: a feature that reaches no other region can neither
-    suppress nor be suppressed by anything the region merge had not already seen.
+    suppress nor be suppressed by anything the region merge had not already seen. SOFT_NMS regions store
+    their features unmerged (decay is not idempotent), so here every feature takes part.
     """
     windows = np.array([[r["region_bounds"][0][1], r["region_bounds"][0][0],
                          r["region_bounds"][0][1] + r["region_bounds"][1][0],
@@ -120,7 +124,9 @@ def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult],
             continue
         others = np.delete(windows, i, axis=0)
         boxes = result.boxes
-        if len(others):
+        if option.algorithm_type == "SOFT_NMS":
+            near = np.ones(len(boxes), dtype=bool)
+        elif len(others):
             reaches = ((boxes[:, None, 0] < others[None, :, 2]) & (boxes[:, None, 2] > others[None, :, 0])
                        & (boxes[:, None, 1] < others[None, :, 3]) & (boxes[:, None, 3] > others[None, :, 1]))
             near = reaches.any(axis=1)
@@ -131,7 +137,28 @@ def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult],
                 seam.append(json.loads(text))
             else:
                 untouched.append(text)
-    return untouched + distill(seam, option)
+    return untouched + distill(seam, option, relocate)
+
+
+class _LazyRelocate:
+    """Recomputes world coordinates of features a seam merge changed (NMM, joined masks), opening the
+    image only if some feature needs it."""
+
+    def __init__(self, services: Services, request: ImageRequest, job: dict[str, Any]) -> None:
+        self.services, self.request, self.job = services, request, job
+        self._relocate: Relocate | None = None
+
+    def __call__(self, feature: dict[str, Any]) -> dict[str, Any]:
+        if self._relocate is None:
+            settings = self.services.settings
+            to_world = None
+            if self.request.georegistration != "NONE":
+                with ImageSource.open(self.request.image_url) as source:
+                    geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
+                                                        settings.elevation_data_extension)
+                to_world = geolocator.to_world if geolocator is not None else None
+            self._relocate = relocator(to_world)
+        return self._relocate(feature)
 
 
 def fail_job(services: Services, request: ImageRequest, reason: str) -> None:

@@ -60,7 +60,8 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
     if request.image_read_role:
         set_read_credentials(request.image_url, services.aws.assumed_credentials(request.image_read_role))
     with ImageSource.open(request.image_url) as source:
-        geolocator = Geolocator.for_dataset(source.dataset, services.settings.elevation_data_location)
+        geolocator = Geolocator.for_dataset(source.dataset, services.settings.elevation_data_location,
+                                            services.settings.elevation_data_extension)
         plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,
                           services.settings.region_size, request.roi_wkt, geolocator)
         info = source.info

@@ -7,13 +7,13 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import shapely.geometry
+from botocore.exceptions import ClientError
 
 from ..errors import ModelRunnerError
 from ..features.convert import Feature, finish, geolocate, image_shape, to_image_features
@@ -21,6 +21,7 @@ from ..features.merge import distill
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
+from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
 from ..inference.pool import bounded_map
 from ..requests import DistillationOption, RegionRequest
@@ -74,14 +75,17 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
         return RegionOutcome(region.region_id, before["region_status"], counted=False)
 
     message = None
+    raw_count = 0
     failed: list[Any] = []
     succeeded: list[Any] = []
     merged: list[Feature] = []
     total = 0
     try:
-        features, total, succeeded, failed = _run_tiles(services, region, job, abort)
+        features, total, succeeded, failed, relocate = _run_tiles(services, region, job, abort)
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        merged = distill(features, option)
+        raw_count = len(features)
+        # Soft-NMS decay is not idempotent: it runs once, over the whole job, at completion.
+        merged = features if option.algorithm_type == "SOFT_NMS" else distill(features, option, relocate)
         chunks = services.features.put_region_result(region.image_id, region.region_id, merged)
         status = "FAILED" if total == 0 or len(failed) == total else "PARTIAL" if failed else "SUCCESS"
     except RegionAborted:
@@ -89,10 +93,11 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
         log.exception("region %s failed", region.region_id)
         message = f"Failed to process image region: {err}"
-        status, chunks, merged = "FAILED", 0, []
+        status, chunks, merged, raw_count = "FAILED", 0, [], 0
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=succeeded,
-        failed=failed, total=total, message=message, feature_count=len(merged), extra={"result_chunks": chunks})
+        failed=failed, total=total, message=message, feature_count=len(merged),
+        extra={"result_chunks": chunks, "raw_feature_count": raw_count})
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, failed)
@@ -111,7 +116,9 @@ def _json(value: Any, default: Any) -> Any:
 
 
 def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
-               abort: threading.Event | None) -> tuple[list[Feature], int, list[Any], list[Any]]:
+               abort: threading.Event | None) -> tuple[list[Feature], int, list[Any], list[Any], Relocate]:
+    """Run the region's tiles; returns features, tile count, succeeded and failed tiles, and how to
+    recompute a feature's world coordinates after a merge changed its pixel geometry."""
     settings = services.settings
     if region.image_read_role:
         from ..imagery.source import set_read_credentials
@@ -119,23 +126,27 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
         set_read_credentials(region.image_url, services.aws.assumed_credentials(region.image_read_role))
     with ImageSource.open(region.image_url) as source:
         georef = Georeference.of(source.dataset)
-        geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location)
+        geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
+                                            settings.elevation_data_extension)
         plan = plan_image(source.info.width, source.info.height, region.tile_size, region.tile_overlap,
                           settings.region_size, job.get("roi_wkt"), geolocator)
         cols, rows = plan.grid.index_ranges(region.region_bounds)
-        tiles_by_row = [[t for t in plan.grid.tiles(cols, range(iy, iy + 1)) if plan.keeps(t)] for iy in rows]
+        tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
         tiles_by_row = [row for row in tiles_by_row if row]
         total = sum(len(row) for row in tiles_by_row)
         detector = services.detector(region)
         job_id = region.job_id
         feature_properties = _json(job.get("feature_properties"), [])
         source_metadata = nitf_source_metadata(source)
-        to_world = geolocator.to_world if geolocator is not None else None
-        chip_georef = georef if georef.kind != "NONE" else None
+        georegister = geolocator is not None and _georegistration(job) != "NONE"
+        to_world = geolocator.to_world if georegister and geolocator is not None else None
+        chip_georef = georef if georegister else None
+        radiometry = _tile_radiometry(services, region, job, source)
 
         def run(work: _TileWork) -> tuple[list[Feature], str]:
             tile = work.tile
-            payload = encode_tile(work.pixels, region.tile_format, region.tile_compression,
+            pixels = work.pixels if radiometry.identity else radiometry.apply(work.pixels)
+            payload = encode_tile(pixels, region.tile_format, region.tile_compression,
                                   chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
             answer = detector(payload)
             inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -154,8 +165,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
                 try:
                     tile_features, inference_dt = future.result()
                     if plan.roi is not None:
-                        tile_features = [f for f in tile_features
-                                         if plan.roi.intersects(image_shape(f["properties"]))]
+                        tile_features = [f for f in tile_features if plan.keeps_feature(image_shape(f["properties"]))]
                     geolocate(tile_features, to_world)
                     finish(tile_features, job_id=job_id, inference_dt=inference_dt,
                            feature_properties=feature_properties, source_metadata=source_metadata)
@@ -170,9 +180,49 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
                     services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
                     last_progress = time.monotonic()
     services.features.put_raw(region.image_id, region.region_id, raw)
-    return features, total, succeeded, failed
+    return features, total, succeeded, failed, relocator(to_world)
 
 
-def region_box(region: RegionRequest) -> shapely.Geometry:
-    (row, col), (width, height) = region.region_bounds
-    return shapely.geometry.box(col, row, col + width, row + height)
+Relocate = Callable[[Feature], Feature]
+
+
+def relocator(to_world: Callable[[np.ndarray], np.ndarray] | None) -> Relocate:
+    """A ``relocate`` for :func:`distill`: fresh world geometry for a feature whose pixels changed."""
+
+    def relocate(feature: Feature) -> Feature:
+        geolocate([feature], to_world)
+        return feature
+
+    return relocate
+
+
+def _georegistration(job: dict[str, Any]) -> str:
+    """The request's ``georegistration`` (AUTO or NONE), carried in the job row's stored request."""
+    return str(_json(job.get("request"), {}).get("georegistration") or "AUTO")
+
+
+#: Job-row attribute holding the image's TileRadiometry (JSON), written once by the first region to need it.
+RADIOMETRY_KEY = "tile_radiometry"
+
+
+def _tile_radiometry(services: Services, region: RegionRequest, job: dict[str, Any],
+                     source: ImageSource) -> TileRadiometry:
+    """The image's band choice and dynamic-range stretch for this tile encoding, the same in every region.
+
+    A stretch is measured once (one decimated read, :mod:`modelrunner.imagery.radiometry`) and stored in
+    the job row with ``if_not_exists``: whichever region measures first wins, and every other region,
+    on any worker, reads back and uses exactly those numbers. A band choice alone is not stored: it
+    follows from the image's metadata.
+    """
+    stored = job.get(RADIOMETRY_KEY)
+    if isinstance(stored, str) and stored:
+        return TileRadiometry.from_json(stored)
+    radiometry = plan_radiometry(source.dataset, region.tile_format, region.tile_compression)
+    if radiometry.stretch is None:
+        return radiometry
+    try:
+        stored = services.jobs.set_once(region.image_id, RADIOMETRY_KEY, radiometry.to_json())
+    except ClientError as err:
+        log.warning("could not store the tile radiometry of %s (%s): using this region's own", region.image_id, err)
+        return radiometry
+    return TileRadiometry.from_json(stored) if isinstance(stored, str) and stored else radiometry

@@ -85,6 +85,15 @@ class JobStore:
                                 UpdateExpression=expr, ExpressionAttributeNames=names,
                                 ExpressionAttributeValues=vals)
 
+    def set_once(self, image_id: str, attribute: str, value: Any) -> Any:
+        """Set ``attribute`` unless it is set already; returns the value stored (first writer wins)."""
+        answer = self.client.update_item(
+            TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET #a = if_not_exists(#a, :v)", ConditionExpression="attribute_exists(image_id)",
+            ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues=ddb.values({":v": value}),
+            ReturnValues="ALL_NEW")
+        return ddb.unmarshal(answer.get("Attributes")).get(attribute)
+
     def count_region_transaction(self, image_id: str, succeeded: bool) -> dict[str, Any]:
         """The job half of a region's final transaction (see RegionStore.finish)."""
         counter = "region_success" if succeeded else "region_error"

@@ -40,6 +40,7 @@ _ALGORITHM_KEYS = {
     "classAgnostic": "class_agnostic", "class_agnostic": "class_agnostic",
 }
 _SOFT_ONLY = {"skip_box_threshold", "sigma"}
+_WIRE_KEYS = {attr: key for key, attr in reversed(_ALGORITHM_KEYS.items())}  # attribute -> camelCase key
 
 
 def _int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
@@ -158,16 +159,8 @@ class DistillationOption:
         return out
 
     def to_wire(self) -> dict[str, Any]:
-        """The camelCase ``algorithm`` object of a request."""
-        out: dict[str, Any] = {"algorithmType": self.algorithm_type, "iouThreshold": self.iou_threshold}
-        if self.algorithm_type == "SOFT_NMS":
-            out["skipBoxThreshold"] = self.skip_box_threshold
-            out["sigma"] = self.sigma
-        if self.match_metric != "IOU":
-            out["matchMetric"] = self.match_metric
-        if self.class_agnostic:
-            out["classAgnostic"] = True
-        return out
+        """The camelCase ``algorithm`` object of a request (the same keys as :meth:`to_dict`)."""
+        return {_WIRE_KEYS[key]: value for key, value in self.to_dict().items()}
 
     @classmethod
     def from_stored(cls, stored: Mapping[str, Any]) -> DistillationOption:

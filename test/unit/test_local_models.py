@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
+from modelrunner.imagery.encode import read_vsimem
 from modelrunner.local import models
 from modelrunner.local.models import MODELS, TileDecodeError, decode_tile, run_model
 from modelrunner.local.scene import make_scene
@@ -31,12 +32,7 @@ def encode(pixels: np.ndarray, driver: str = "GTiff") -> bytes:
     name = f"/vsimem/test-encode-{id(pixels)}.{driver}"
     gdal.GetDriverByName(driver).CreateCopy(name, source)
     try:
-        handle = gdal.VSIFOpenL(name, "rb")
-        gdal.VSIFSeekL(handle, 0, 2)
-        size = gdal.VSIFTellL(handle)
-        gdal.VSIFSeekL(handle, 0, 0)
-        data = bytes(gdal.VSIFReadL(1, size, handle))
-        gdal.VSIFCloseL(handle)
+        data = read_vsimem(name)
     finally:
         for leftover in (name, name + ".aux.xml"):
             if gdal.VSIStatL(leftover) is not None:

@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from osgeo import gdal
 
+from modelrunner.imagery.encode import read_vsimem
 from modelrunner.local.model_server import ModelServer, ServerConfig
 from modelrunner.local.models import run_model
 
@@ -36,12 +37,7 @@ def encode_tile(width: int = 256, height: int = 192, seed: int = 0) -> bytes:
     name = f"/vsimem/test-server-tile-{seed}-{width}x{height}.tif"
     gdal.GetDriverByName("GTiff").CreateCopy(name, source)
     try:
-        handle = gdal.VSIFOpenL(name, "rb")
-        gdal.VSIFSeekL(handle, 0, 2)
-        size = gdal.VSIFTellL(handle)
-        gdal.VSIFSeekL(handle, 0, 0)
-        data = bytes(gdal.VSIFReadL(1, size, handle))
-        gdal.VSIFCloseL(handle)
+        data = read_vsimem(name)
     finally:
         gdal.Unlink(name)
     return data

@@ -35,6 +35,18 @@ _NITF = {"NONE": ["IC=NC"], "JPEG": ["IC=C3"], "J2K": ["IC=C8"]}
 _FLOATS = (gdal.GDT_Float32, gdal.GDT_Float64)
 
 
+def read_vsimem(path: str) -> bytes:
+    """The bytes of a GDAL virtual (or any VSI) file."""
+    handle = gdal.VSIFOpenL(path, "rb")
+    try:
+        gdal.VSIFSeekL(handle, 0, 2)
+        size = gdal.VSIFTellL(handle)
+        gdal.VSIFSeekL(handle, 0, 0)
+        return bytes(gdal.VSIFReadL(1, size, handle))
+    finally:
+        gdal.VSIFCloseL(handle)
+
+
 def creation_options(tile_format: str, compression: str, data_type: int) -> list[str]:
     """GDAL creation options of a supported pair. NITF float tiles are uncompressed (as the reference's):
     JPEG 2000 has no floating-point samples, and exact pixels beat a silently quantised image."""
@@ -87,14 +99,7 @@ def encode_tile(pixels: np.ndarray, tile_format: str, compression: str,
         if out is None:
             raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile")
         out = None  # flush
-        handle = gdal.VSIFOpenL(path, "rb")
-        try:
-            gdal.VSIFSeekL(handle, 0, 2)
-            size = gdal.VSIFTellL(handle)
-            gdal.VSIFSeekL(handle, 0, 0)
-            return bytes(gdal.VSIFReadL(1, size, handle))
-        finally:
-            gdal.VSIFCloseL(handle)
+        return read_vsimem(path)
     except RuntimeError as err:
         raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile: {err}") from None
     finally:

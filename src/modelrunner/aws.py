@@ -17,8 +17,12 @@ from botocore.session import Session as BotocoreSession
 
 ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
 
+# DynamoDB and Kinesis carry the bulk payloads (feature items, one record per feature); botocore's client-
+# side parameter validation walks every nested value of them, and our requests are built by code, not users.
 _RETRIES: dict[str, dict[str, Any]] = {
-    "dynamodb": {"retries": {"mode": "standard", "max_attempts": 3}, "max_pool_connections": 50},
+    "dynamodb": {"retries": {"mode": "standard", "max_attempts": 3}, "max_pool_connections": 50,
+                 "parameter_validation": False},
+    "kinesis": {"retries": {"mode": "standard", "max_attempts": 15}, "parameter_validation": False},
     "sagemaker-runtime": {"retries": {"mode": "adaptive", "max_attempts": 30}},
     "sagemaker": {"retries": {"mode": "adaptive", "max_attempts": 30}},
 }

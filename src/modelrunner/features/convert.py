@@ -78,13 +78,15 @@ def to_image_features(collection: Any, col: int, row: int) -> list[Feature]:
         where = f"feature {i}"
         if not isinstance(source, Mapping):
             raise FeatureError(f"{where}: must be a GeoJSON Feature object")
-        feature = copy.deepcopy(dict(source))
+        # Shallow copies: every value we change is replaced, never mutated, so the model's answer stays intact.
+        feature = dict(source)
         feature.setdefault("type", "Feature")
         props = feature.get("properties")
         if props is None:
-            props = feature["properties"] = {}
+            props = {}
         if not isinstance(props, dict):
             raise FeatureError(f"{where}: properties must be an object")
+        props = feature["properties"] = dict(props)
         placed = False
         if "imageGeometry" in props:
             _check_geometry(props["imageGeometry"], where)
@@ -162,9 +164,9 @@ def _round(coords: Any) -> Any:
     return [_round(c) for c in coords]
 
 
-def _replace_positions(coords: Any, table: dict[tuple[float, float], tuple[float, ...]]) -> Any:
+def _replace_positions(coords: Any, table: dict[tuple[float, float], list[float]]) -> Any:
     if coords and isinstance(coords[0], int | float):
-        return [round(v, 6) for v in table[(float(coords[0]), float(coords[1]))]]
+        return list(table[(float(coords[0]), float(coords[1]))])
     return [_replace_positions(c, table) for c in coords]
 
 
@@ -181,37 +183,62 @@ def geolocate(features: Sequence[Feature], to_world: ToWorld | None) -> None:
             props["imageGeometry"] = dict(geometry, coordinates=_round(geometry["coordinates"]))
     if to_world is None or not features:
         return
-    points: list[tuple[float, float]] = []
-    spans: list[tuple[int, int, int]] = []  # start of geometry points, start of bbox corners, centre index
+    # One transform call per tile; each distinct pixel position is transformed once (a box polygon repeats
+    # its first vertex, and its imageBBox corners are its vertices again).
+    index: dict[tuple[float, float], int] = {}
+    spans: list[tuple[list[tuple[float, float]], list[tuple[float, float]], tuple[float, float]]] = []
     for feature in features:
         props = feature["properties"]
-        start = len(points)
-        if "imageGeometry" in props:
-            points.extend(_positions(props["imageGeometry"]["coordinates"]))
-        corners = len(points)
+        vertices = _positions(props["imageGeometry"]["coordinates"]) if "imageGeometry" in props else []
+        corners: list[tuple[float, float]] = []
         if "imageBBox" in props:
             x0, y0, x1, y1 = props["imageBBox"]
-            points.extend([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
-        centre = image_shape(props).centroid
-        if centre.is_empty:
-            x0, y0, x1, y1 = image_shape(props).bounds
-            points.append(((x0 + x1) / 2, (y0 + y1) / 2))
-        else:
-            points.append((centre.x, centre.y))
-        spans.append((start, corners, len(points) - 1))
-    world = to_world(np.asarray(points))
-    for feature, (start, corners, centre_at) in zip(features, spans, strict=True):
+            corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        centre = _centroid(props)
+        for point in (*vertices, *corners, centre):
+            index.setdefault(point, len(index))
+        spans.append((vertices, corners, centre))
+    world = to_world(np.asarray(list(index), dtype=np.float64))
+    rounded = [[round(v, 6) for v in point] for point in world.tolist()]  # as GeoJSON writers round
+    for feature, (vertices, corners, centre) in zip(features, spans, strict=True):
         props = feature["properties"]
-        if "imageGeometry" in props:
-            table = {points[i]: tuple(world[i]) for i in range(start, corners)}
+        if vertices:
+            table = {p: rounded[index[p]] for p in vertices}
             feature["geometry"] = {"type": props["imageGeometry"]["type"],
                                    "coordinates": _replace_positions(props["imageGeometry"]["coordinates"], table)}
-        if "imageBBox" in props:
-            lon = world[corners:corners + 4, 0]
-            lat = world[corners:corners + 4, 1]
+        if corners:
+            at = [index[c] for c in corners]
+            lon, lat = world[at, 0], world[at, 1]
             feature["bbox"] = [float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())]
-        props["center_longitude"] = float(world[centre_at, 0])
-        props["center_latitude"] = float(world[centre_at, 1])
+        lon_c, lat_c = world[index[centre], :2]
+        props["center_longitude"] = float(lon_c)
+        props["center_latitude"] = float(lat_c)
+
+
+def _centroid(props: Mapping[str, Any]) -> tuple[float, float]:
+    """Centre of the pixel geometry: the centroid (shoelace for a simple polygon, shapely otherwise), or the
+    middle of the bounds where the centroid is undefined (zero area and length)."""
+    geometry = props.get("imageGeometry")
+    if geometry is None:
+        x0, y0, x1, y1 = (float(v) for v in props["imageBBox"])
+        return (x0 + x1) / 2, (y0 + y1) / 2
+    kind, coords = geometry["type"], geometry["coordinates"]
+    if kind == "Point":
+        return float(coords[0]), float(coords[1])
+    if kind == "Polygon" and len(coords) == 1:
+        ring = np.asarray(coords[0], dtype=np.float64)[:, :2]
+        x, y = ring[:, 0], ring[:, 1]
+        cross = x[:-1] * y[1:] - x[1:] * y[:-1]
+        area = cross.sum() / 2
+        if area != 0:
+            return (float(((x[:-1] + x[1:]) * cross).sum() / (6 * area)),
+                    float(((y[:-1] + y[1:]) * cross).sum() / (6 * area)))
+    else:
+        centre = image_shape(props).centroid
+        if not centre.is_empty:
+            return centre.x, centre.y
+    x0, y0, x1, y1 = image_bounds(props)
+    return (x0 + x1) / 2, (y0 + y1) / 2
 
 
 def finish(features: Iterable[Feature], *, job_id: str, inference_dt: str,

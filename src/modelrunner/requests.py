@@ -232,7 +232,9 @@ def output_from_dict(raw: Any, where: str) -> Output:
     if kind == "Kinesis":
         stream = _resource_name(_str(raw.get("stream"), f"{where}.stream", required=True))
         batch = raw.get("batchSize")
-        size = 500 if batch in (None, "") else _int(batch, f"{where}.batchSize", minimum=1, maximum=500)
+        # Records per PutRecords call; the service's own limit (500) caps it, as a larger value (the
+        # reference's sample asks for 1000) cannot be honoured literally.
+        size = 500 if batch in (None, "") else min(500, _int(batch, f"{where}.batchSize", minimum=1))
         return KinesisOutput(stream=stream, batch_size=size, role=_role(raw.get("assumedRole"), f"{where}.assumedRole"))
     raise RequestError(f"{where}.type", f"must be S3 or Kinesis, got {kind!r}")
 

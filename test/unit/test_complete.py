@@ -9,9 +9,9 @@ import pytest
 
 from modelrunner.features.convert import box_polygon
 from modelrunner.features.merge import distill
+from modelrunner.features.seams import FeatureSet
 from modelrunner.requests import DistillationOption
 from modelrunner.runner.complete import merge_regions
-from modelrunner.state.features import RegionResult
 
 # Four regions of 1000 px overlapping by 100 px (as regions of whole overlapping tiles do).
 WINDOWS = [(0, 0), (900, 0), (0, 900), (900, 900)]
@@ -23,7 +23,7 @@ def box_feature(n: int, x: float, y: float, w: float, h: float, score: float, la
                            "featureClasses": [{"iri": label, "score": score}]}}
 
 
-def region_results(seed: int) -> tuple[list[dict], dict[str, RegionResult]]:
+def region_results(seed: int) -> tuple[list[dict], dict[str, FeatureSet]]:
     rng = random.Random(seed)
     rows, results = [], {}
     for index, (col, row) in enumerate(WINDOWS):
@@ -41,7 +41,7 @@ def region_results(seed: int) -> tuple[list[dict], dict[str, RegionResult]]:
         region_id = f"r{index}"
         rows.append({"region_id": region_id, "region_index": index,
                      "region_bounds": [[row, col], [1000, 1000]]})
-        results[region_id] = RegionResult.from_bytes(RegionResult.of(kept).to_bytes())
+        results[region_id] = FeatureSet.from_bytes(FeatureSet.of(kept).to_bytes())
     return rows, results
 
 
@@ -51,11 +51,10 @@ def test_seam_merge_equals_a_merge_of_everything(seed):
     option = DistillationOption(iou_threshold=0.3)
     everything = [f for r in rows for f in results[r["region_id"]].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
-    merged = merge_regions(rows, results, option)
-    got = sorted(json.dumps(json.loads(f) if isinstance(f, str) else f, sort_keys=True) for f in merged)
+    merged = merge_regions(rows, results, option).texts
+    got = sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged)
     assert got == expected
     assert len(merged) < len(everything), "the seams held duplicates"
-    assert sum(isinstance(f, dict) for f in merged) < len(merged) / 2, "most features are never parsed"
 
 
 def test_soft_nms_runs_once_over_every_feature():
@@ -63,9 +62,8 @@ def test_soft_nms_runs_once_over_every_feature():
     option = DistillationOption(algorithm_type="SOFT_NMS", iou_threshold=0.3)
     everything = [f for r in rows for f in results[r["region_id"]].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
-    merged = merge_regions(rows, results, option)
-    assert all(isinstance(f, dict) for f in merged)
-    assert sorted(json.dumps(f, sort_keys=True) for f in merged) == expected
+    merged = merge_regions(rows, results, option).texts
+    assert sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged) == expected
 
 
 def test_features_a_seam_merge_changes_are_relocated():
@@ -77,7 +75,8 @@ def test_features_a_seam_merge_changes_are_relocated():
         feature["geometry"] = {"type": "Point", "coordinates": [0.0, 0.0, 0.0]}
         return feature
 
-    merged = merge_regions(rows, results, DistillationOption(algorithm_type="NMM", iou_threshold=0.3), relocate)
+    merged = merge_regions(rows, results, DistillationOption(algorithm_type="NMM", iou_threshold=0.3),
+                           relocate).features()
     assert relocated, "NMM grew some boxes across the seams"
-    changed = [f for f in merged if isinstance(f, dict) and f["id"] in relocated]
+    changed = [f for f in merged if f["id"] in relocated]
     assert changed and all(f["geometry"]["type"] == "Point" for f in changed)

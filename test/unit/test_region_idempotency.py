@@ -12,7 +12,7 @@ from modelrunner.aws import AwsClients
 from modelrunner.config import Settings
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import create_resources
-from modelrunner.requests import ImageRequest, RegionRequest
+from modelrunner.requests import DistillationOption, ImageRequest, RegionRequest
 from modelrunner.runner.complete import maybe_complete
 from modelrunner.runner.image import start_image
 from modelrunner.runner.region import _run_tiles, process_region
@@ -72,7 +72,7 @@ def test_duplicate_deliveries_change_nothing(world):
     assert services.jobs.get(request.image_id)["regions_queued"] is True
 
     # A worker died mid-region: its tiles ran and its raw features were written, the row never finished.
-    _run_tiles(services, regions[1], job, None)
+    _run_tiles(services, regions[1], job, DistillationOption(), None)
     calls = model.calls
     for region in regions:
         assert process_region(services, region, job=job).counted

@@ -131,3 +131,8 @@ def test_region_request_rejects_bad_bounds():
         RegionRequest.from_dict({"job_id": "j", "image_url": "u", "model_name": "m", "region_bounds": [[0, 0], [0, 5]],
                                  "tile_size": [512, 512], "tile_overlap": [0, 0]})
     assert err.value.field == "region_bounds"
+
+
+def test_kinesis_batch_size_is_capped_at_the_service_limit():
+    req = ImageRequest.from_dict(body(outputs=[{"type": "Kinesis", "stream": "s", "batchSize": 1000}]))
+    assert req.outputs[0].batch_size == 500

@@ -1,8 +1,11 @@
 """Job, region and feature state against moto in-process: conditional writes make each step once-only."""
 
+import json
+
 import boto3
 import pytest
 
+from modelrunner.features.seams import FeatureSet
 from modelrunner.local.stack import create_resources
 from modelrunner.requests import ImageRequest, RegionRequest
 from modelrunner.state.features import FeatureStore
@@ -69,13 +72,16 @@ def test_regions_count_once_and_exactly_one_worker_completes(stores):
 def test_raw_features_overwrite_on_redelivery_and_region_results_round_trip(stores):
     _, _, features = stores
     tile_features = [{"type": "Feature", "properties": {"n": i, "pad": "x" * 5000}} for i in range(100)]
-    features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
-    features.put_raw("img", "r1", [("0:0:0:0", tile_features)])
+    texts = [json.dumps(f) for f in tile_features]
+    for _ in range(2):
+        items = features.raw_items("img", "r1", "0:0:0:0", texts)
+        assert len(items) == 3, "chunked well under 400 KB"
+        features.put_items(items)
     assert sorted(f["properties"]["n"] for f in features.raw_features("img")) == list(range(100))
     big = [{"type": "Feature", "id": str(i), "properties": {"imageBBox": [i, 2, i + 5, 9], "blob": i * 7919 % 100003}}
            for i in range(30000)]
-    chunks = features.put_region_result("img", "r1", big)
-    features.put_region_result("img", "r2", [])
+    chunks = features.put_region_result("img", "r1", FeatureSet.of(big))
+    features.put_region_result("img", "r2", FeatureSet.of([]))
     out = features.region_results("img", {"r1": chunks, "r2": 1})
     assert out["r1"].features() == big and out["r2"].features() == []
     assert out["r1"].boxes.shape == (30000, 4) and list(out["r1"].boxes[7]) == [7, 2, 12, 9]

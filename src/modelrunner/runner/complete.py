@@ -8,15 +8,12 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
-
 from ..errors import SinkError
-from ..features.merge import distill
+from ..features.seams import FeatureSet, merge_seams
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
-from ..state.features import RegionResult
 from .region import Relocate, relocator
 from .services import Services
 
@@ -50,7 +47,7 @@ def complete(services: Services, image_id: str) -> str | None:
     rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
     counts = {r["region_id"]: int(r.get("result_chunks", 0)) for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, counts)
-    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job))
+    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job)).texts
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
 
@@ -102,42 +99,15 @@ def complete(services: Services, image_id: str) -> str | None:
     return status
 
 
-def merge_regions(rows: list[dict[str, Any]], results: dict[str, RegionResult], option: DistillationOption,
-                  relocate: Relocate | None = None) -> list[dict[str, Any] | str]:
-    """Merge every region's result across region seams into the job's output features.
-
-    Each region's features were already merged within the region, so only features whose box reaches into
-    another region's window can still have a duplicate: those few are parsed and merged (the same rules as
-    across tiles); all others go to the outputs as their stored GeoJSON text, never parsed. For NMS this
-    selects exactly what a merge of everything would: a feature that reaches no other region can neither
-    suppress nor be suppressed by anything the region merge had not already seen. SOFT_NMS regions store
-    their features unmerged (decay is not idempotent), so here every feature takes part.
-    """
-    windows = np.array([[r["region_bounds"][0][1], r["region_bounds"][0][0],
-                         r["region_bounds"][0][1] + r["region_bounds"][1][0],
-                         r["region_bounds"][0][0] + r["region_bounds"][1][1]] for r in rows], dtype=float)
-    untouched: list[dict[str, Any] | str] = []
-    seam: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        result = results.get(row["region_id"])
-        if result is None or not result.texts:
-            continue
-        others = np.delete(windows, i, axis=0)
-        boxes = result.boxes
-        if option.algorithm_type == "SOFT_NMS":
-            near = np.ones(len(boxes), dtype=bool)
-        elif len(others):
-            reaches = ((boxes[:, None, 0] < others[None, :, 2]) & (boxes[:, None, 2] > others[None, :, 0])
-                       & (boxes[:, None, 1] < others[None, :, 3]) & (boxes[:, None, 3] > others[None, :, 1]))
-            near = reaches.any(axis=1)
-        else:
-            near = np.zeros(len(boxes), dtype=bool)
-        for text, is_near in zip(result.texts, near, strict=True):
-            if is_near:
-                seam.append(json.loads(text))
-            else:
-                untouched.append(text)
-    return untouched + distill(seam, option, relocate)
+def merge_regions(rows: list[dict[str, Any]], results: dict[str, FeatureSet], option: DistillationOption,
+                  relocate: Relocate | None = None) -> FeatureSet:
+    """Merge every region's result across the region seams (see :mod:`~modelrunner.features.seams`)."""
+    parts = []
+    for row in rows:
+        (top, left), (width, height) = row["region_bounds"]
+        parts.append(((float(left), float(top), float(left + width), float(top + height)),
+                      results.get(row["region_id"], FeatureSet.concat([]))))
+    return merge_seams(parts, option, relocate)
 
 
 class _LazyRelocate:

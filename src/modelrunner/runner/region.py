@@ -4,6 +4,7 @@ store the region's result, and count the region towards its job (exactly once)."
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from botocore.exceptions import ClientError
 from ..errors import ModelRunnerError
 from ..features.convert import Feature, finish, geolocate, image_shape, to_image_features
 from ..features.merge import distill
+from ..features.seams import FeatureSet, Window, merge_seams
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
@@ -75,17 +77,13 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
         return RegionOutcome(region.region_id, before["region_status"], counted=False)
 
     message = None
-    raw_count = 0
+    raw_count = total = chunks = 0
     failed: list[Any] = []
     succeeded: list[Any] = []
-    merged: list[Feature] = []
-    total = 0
+    merged = FeatureSet.concat([])
     try:
-        features, total, succeeded, failed, relocate = _run_tiles(services, region, job, abort)
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        raw_count = len(features)
-        # Soft-NMS decay is not idempotent: it runs once, over the whole job, at completion.
-        merged = features if option.algorithm_type == "SOFT_NMS" else distill(features, option, relocate)
+        merged, raw_count, total, succeeded, failed = _run_tiles(services, region, job, option, abort)
         chunks = services.features.put_region_result(region.image_id, region.region_id, merged)
         status = "FAILED" if total == 0 or len(failed) == total else "PARTIAL" if failed else "SUCCESS"
     except RegionAborted:
@@ -93,7 +91,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
         log.exception("region %s failed", region.region_id)
         message = f"Failed to process image region: {err}"
-        status, chunks, merged, raw_count = "FAILED", 0, [], 0
+        status, chunks, merged, raw_count = "FAILED", 0, FeatureSet.concat([]), 0
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=succeeded,
         failed=failed, total=total, message=message, feature_count=len(merged),
@@ -110,15 +108,24 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
 
 
 def _json(value: Any, default: Any) -> Any:
-    import json
-
     return json.loads(value) if isinstance(value, str) and value else default
 
 
-def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
-               abort: threading.Event | None) -> tuple[list[Feature], int, list[Any], list[Any], Relocate]:
-    """Run the region's tiles; returns features, tile count, succeeded and failed tiles, and how to
-    recompute a feature's world coordinates after a merge changed its pixel geometry."""
+@dataclass
+class _TileResult:
+    raw_texts: list[str]  # every feature the model found (GeoJSON), for the feature table
+    merged: FeatureSet  # the tile's features after merging inside the tile
+
+
+def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], option: DistillationOption,
+               abort: threading.Event | None) -> tuple[FeatureSet, int, int, list[Any], list[Any]]:
+    """Run the region's tiles; returns the region's merged features, the raw feature count, the tile count,
+    and the succeeded and failed tiles.
+
+    Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
+    the tile), while the model is being waited on for other tiles; the region keeps only compact
+    :class:`FeatureSet` s and merges them across the tile seams at the end.
+    """
     settings = services.settings
     if region.image_read_role:
         from ..imagery.source import set_read_credentials
@@ -140,20 +147,34 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
         source_metadata = nitf_source_metadata(source)
         georegister = geolocator is not None and _georegistration(job) != "NONE"
         to_world = geolocator.to_world if georegister and geolocator is not None else None
+        relocate = relocator(to_world)
         chip_georef = georef if georegister else None
         radiometry = _tile_radiometry(services, region, job, source)
+        soft = option.algorithm_type == "SOFT_NMS"
 
-        def run(work: _TileWork) -> tuple[list[Feature], str]:
+        def run(work: _TileWork) -> _TileResult:
             tile = work.tile
             pixels = work.pixels if radiometry.identity else radiometry.apply(work.pixels)
             payload = encode_tile(pixels, region.tile_format, region.tile_compression,
                                   chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
             answer = detector(payload)
             inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            return to_image_features(answer, tile.col, tile.row), inference_dt
+            features = to_image_features(answer, tile.col, tile.row)
+            if plan.roi is not None:
+                features = [f for f in features if plan.keeps_feature(image_shape(f["properties"]))]
+            geolocate(features, to_world)
+            finish(features, job_id=job_id, inference_dt=inference_dt, feature_properties=feature_properties,
+                   source_metadata=source_metadata)
+            texts = [json.dumps(f) for f in features]
+            if soft:  # decayed once, at completion
+                return _TileResult(texts, FeatureSet.of(features, texts))
+            kept = distill(features, option, relocate)
+            text_of = {id(f): t for f, t in zip(features, texts, strict=True)}
+            return _TileResult(texts, FeatureSet.of(kept, [text_of.get(id(f)) or json.dumps(f) for f in kept]))
 
-        features: list[Feature] = []
-        raw: list[tuple[str, list[Feature]]] = []
+        parts: list[tuple[Window, FeatureSet]] = []
+        items: list[dict[str, Any]] = []
+        raw_count = 0
         succeeded: list[Any] = []
         failed: list[Any] = []
         last_progress = time.monotonic()
@@ -163,24 +184,24 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any],
                     raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
                 tile = work.tile
                 try:
-                    tile_features, inference_dt = future.result()
-                    if plan.roi is not None:
-                        tile_features = [f for f in tile_features if plan.keeps_feature(image_shape(f["properties"]))]
-                    geolocate(tile_features, to_world)
-                    finish(tile_features, job_id=job_id, inference_dt=inference_dt,
-                           feature_properties=feature_properties, source_metadata=source_metadata)
+                    result = future.result()
                 except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
                     log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
                     failed.append(tile.key)
                     continue
                 succeeded.append(tile.key)
-                features.extend(tile_features)
-                raw.append((f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", tile_features))
+                raw_count += len(result.raw_texts)
+                items.extend(services.features.raw_items(region.image_id, region.region_id,
+                                                         f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", result.raw_texts))
+                if len(items) >= 25:
+                    services.features.put_items(items)
+                    items = []
+                parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height), result.merged))
                 if time.monotonic() - last_progress > PROGRESS_EVERY_S:
                     services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
                     last_progress = time.monotonic()
-    services.features.put_raw(region.image_id, region.region_id, raw)
-    return features, total, succeeded, failed, relocator(to_world)
+    services.features.put_items(items)
+    return merge_seams(parts, option, relocate, final=False), raw_count, total, succeeded, failed
 
 
 Relocate = Callable[[Feature], Feature]

@@ -22,9 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ..features.convert import image_bounds
+from ..features.seams import FeatureSet
 from . import ddb
 
 SALTS = 50
@@ -36,60 +34,31 @@ def _hex(*parts: object) -> str:
     return hashlib.md5("|".join(map(str, parts)).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class RegionResult:
-    """A region's merged features as stored: pixel boxes (n, 4) and the features' GeoJSON texts."""
-
-    boxes: np.ndarray
-    texts: list[str]
-
-    @classmethod
-    def of(cls, features: Sequence[dict[str, Any]]) -> RegionResult:
-        boxes = np.array([image_bounds(f["properties"]) for f in features], dtype="<f8").reshape(-1, 4)
-        return cls(boxes, [json.dumps(f) for f in features])
-
-    def to_bytes(self) -> bytes:
-        # GeoJSON text from json.dumps never holds a raw newline, so newlines separate the features.
-        head = len(self.texts).to_bytes(8, "little")
-        return head + self.boxes.astype("<f8").tobytes() + "\n".join(self.texts).encode()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> RegionResult:
-        count = int.from_bytes(data[:8], "little")
-        end = 8 + 32 * count
-        boxes = np.frombuffer(data[8:end], dtype="<f8").reshape(count, 4)
-        texts = data[end:].decode().split("\n") if count else []
-        return cls(boxes, texts)
-
-    def features(self) -> list[dict[str, Any]]:
-        return [json.loads(t) for t in self.texts]
-
-
 @dataclass
 class FeatureStore:
     client: Any
     table: str
     ttl_seconds: int = 7200
 
-    def put_raw(self, image_id: str, region_id: str, tiles: Iterable[tuple[str, Sequence[dict[str, Any]]]]) -> int:
-        """Store raw features per tile (``tile_id``, features); returns the number of items written."""
+    def raw_items(self, image_id: str, region_id: str, tile_id: str, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """A tile's raw features (GeoJSON texts) as feature-table items, cut well under 400 KB each.
+
+        Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
+        """
         expire = int(time.time()) + self.ttl_seconds
-        items: list[dict[str, Any]] = []
-        for tile_id, features in tiles:
-            chunks: list[list[str]] = [[]]
-            size = 0
-            for feature in features:
-                text = json.dumps(feature)
-                if chunks[-1] and size + len(text) > ITEM_CHARS:
-                    chunks.append([])
-                    size = 0
-                chunks[-1].append(text)
-                size += len(text)
-            # Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
-            items.extend(self._raw_item(image_id, region_id, tile_id, n, chunk, expire)
-                         for n, chunk in enumerate(chunks) if chunk)
+        chunks: list[list[str]] = [[]]
+        size = 0
+        for text in texts:
+            if chunks[-1] and size + len(text) > ITEM_CHARS:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(text)
+            size += len(text)
+        return [self._raw_item(image_id, region_id, tile_id, n, chunk, expire)
+                for n, chunk in enumerate(chunks) if chunk]
+
+    def put_items(self, items: Sequence[dict[str, Any]]) -> None:
         ddb.batch_put(self.client, self.table, items)
-        return len(items)
 
     @staticmethod
     def _raw_item(image_id: str, region_id: str, tile_id: str, n: int, chunk: list[str], expire: int) -> dict[str, Any]:
@@ -105,9 +74,9 @@ class FeatureStore:
                 out.extend(json.loads(text) for text in item.get("features", []))
         return out
 
-    def put_region_result(self, image_id: str, region_id: str, features: Sequence[dict[str, Any]]) -> int:
+    def put_region_result(self, image_id: str, region_id: str, features: FeatureSet) -> int:
         """Store a region's merged features; returns the chunk count (recorded in the region row)."""
-        blob = zlib.compress(RegionResult.of(features).to_bytes(), 1)
+        blob = zlib.compress(features.to_bytes(), 1)
         chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
         expire = int(time.time()) + self.ttl_seconds
         ddb.batch_put(self.client, self.table, [
@@ -116,7 +85,7 @@ class FeatureStore:
             for i, part in enumerate(chunks)])
         return len(chunks)
 
-    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, RegionResult]:
+    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, FeatureSet]:
         """Every region's stored result, keyed by region id; only the chunk counts the rows record."""
         parts: dict[str, dict[int, bytes]] = {}
         for item in self._query(f"{image_id}-regions", raw=True):
@@ -124,12 +93,12 @@ class FeatureStore:
             chunk = int(item["chunk"]["N"])
             if chunk < chunk_counts.get(region_id, 0):
                 parts.setdefault(region_id, {})[chunk] = item["blob"]["B"]
-        results: dict[str, RegionResult] = {}
+        results: dict[str, FeatureSet] = {}
         for region_id, count in chunk_counts.items():
             got = parts.get(region_id, {})
             if len(got) != count:
                 raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
-            results[region_id] = RegionResult.from_bytes(zlib.decompress(b"".join(got[i] for i in range(count))))
+            results[region_id] = FeatureSet.from_bytes(zlib.decompress(b"".join(got[i] for i in range(count))))
         return results
 
     def _query(self, hash_key: str, raw: bool = False) -> Iterable[dict[str, Any]]:

@@ -176,6 +176,13 @@ def geolocate(features: Sequence[Feature], to_world: ToWorld | None) -> None:
     Without a sensor model (``to_world`` None) features keep their image coordinates only, as the
     reference does. Image geometries are rounded to 6 decimals like every GeoJSON geometry we write.
     """
+    boxes = [f for f in features if _is_ring5(f["properties"])]
+    if boxes:
+        _geolocate_rings(boxes, to_world)
+        if len(boxes) == len(features):
+            return
+        done = {id(f) for f in boxes}
+        features = [f for f in features if id(f) not in done]
     for feature in features:
         props = feature["properties"]
         if "imageGeometry" in props:
@@ -213,6 +220,56 @@ def geolocate(features: Sequence[Feature], to_world: ToWorld | None) -> None:
         lon_c, lat_c = world[index[centre], :2]
         props["center_longitude"] = float(lon_c)
         props["center_latitude"] = float(lat_c)
+
+
+def _is_ring5(props: Mapping[str, Any]) -> bool:
+    """A polygon of one 5-position 2-D ring (what box detectors send), with a 4-number imageBBox if any."""
+    geometry = props.get("imageGeometry")
+    if not geometry or geometry.get("type") != "Polygon":
+        return False
+    rings = geometry["coordinates"]
+    if len(rings) != 1 or len(rings[0]) != 5 or any(len(p) != 2 for p in rings[0]):
+        return False
+    bbox = props.get("imageBBox")
+    return bbox is None or len(bbox) == 4
+
+
+def _geolocate_rings(features: Sequence[Feature], to_world: ToWorld | None) -> None:
+    """:func:`geolocate` for single-ring 5-position polygons, vectorised over the features (the hot path:
+    box detectors return hundreds per tile). Same results as the general path: vertices rounded to 6
+    decimals first, area centroid, bbox from the imageBBox corners."""
+    rings = np.round(np.array([f["properties"]["imageGeometry"]["coordinates"][0] for f in features],
+                              dtype=np.float64), 6)
+    ring_lists = rings.tolist()
+    for feature, ring in zip(features, ring_lists, strict=True):
+        props = feature["properties"]
+        props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[ring])
+    if to_world is None:
+        return
+    n = len(features)
+    x, y = rings[:, :, 0], rings[:, :, 1]
+    cross = x[:, :-1] * y[:, 1:] - x[:, 1:] * y[:, :-1]
+    area = cross.sum(axis=1) / 2
+    flat = area == 0
+    safe = np.where(flat, 1.0, 6 * area)
+    cx = np.where(flat, (x.min(axis=1) + x.max(axis=1)) / 2, ((x[:, :-1] + x[:, 1:]) * cross).sum(axis=1) / safe)
+    cy = np.where(flat, (y.min(axis=1) + y.max(axis=1)) / 2, ((y[:, :-1] + y[:, 1:]) * cross).sum(axis=1) / safe)
+    has_bbox = [("imageBBox" in f["properties"]) for f in features]
+    bboxes = np.array([f["properties"].get("imageBBox") or (0, 0, 0, 0) for f in features], dtype=np.float64)
+    corners = bboxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2)
+    points = np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)])
+    world = to_world(points)
+    world_rings = np.round(world[:5 * n], 6).reshape(n, 5, 3).tolist()
+    world_corners = world[5 * n:9 * n].reshape(n, 4, 3)
+    lon_min, lat_min = world_corners[:, :, 0].min(axis=1).tolist(), world_corners[:, :, 1].min(axis=1).tolist()
+    lon_max, lat_max = world_corners[:, :, 0].max(axis=1).tolist(), world_corners[:, :, 1].max(axis=1).tolist()
+    centres = world[9 * n:, :2].tolist()
+    for i, feature in enumerate(features):
+        props = feature["properties"]
+        feature["geometry"] = {"type": "Polygon", "coordinates": [world_rings[i]]}
+        if has_bbox[i]:
+            feature["bbox"] = [lon_min[i], lat_min[i], lon_max[i], lat_max[i]]
+        props["center_longitude"], props["center_latitude"] = centres[i]
 
 
 def _centroid(props: Mapping[str, Any]) -> tuple[float, float]:

@@ -56,6 +56,7 @@ from shapely.geometry.base import BaseGeometry
 from ..requests import ALGORITHMS, MATCH_METRICS, DistillationOption
 
 __all__ = [
+    "box_columns",
     "box_metric",
     "canonical_order",
     "distill",
@@ -655,6 +656,7 @@ class _Parsed:
     label: IntArray  # codes in sorted-label order
     best_class: list[int]  # index of the top entry in featureClasses (-1: none)
     shapes: dict[int, BaseGeometry] = field(default_factory=dict)
+    label_names: list[str] = field(default_factory=list)  # label code -> label
 
 
 def _number(value: Any) -> float | None:
@@ -834,7 +836,19 @@ def _parse(features: Sequence[dict[str, Any]]) -> _Parsed:
     x2 = np.where(boxes & (x2 == x1), x1 + POINT_PAD, x2)
     y2 = np.where(boxes & (y2 == y1), y1 + POINT_PAD, y2)
     return _Parsed(kind_arr, x1, y1, x2, y2, np.array(scores, dtype=np.float64),
-                   sorted_code[np.array(label_codes, dtype=np.int64)], best_class, shapes)
+                   sorted_code[np.array(label_codes, dtype=np.int64)], best_class, shapes, sorted(names))
+
+
+def box_columns(features: Sequence[dict[str, Any]]) -> tuple[FloatArray, FloatArray, list[str], NDArray[np.bool_]]:
+    """What the box algorithms read from features: boxes (n, 4, Points padded), scores, labels, and which
+    features are boxes at all (the rest are joined as shapes by :func:`distill`). Lets callers keep
+    features serialised and still run :func:`nms_indices` exactly as :func:`distill` would."""
+    if not features:
+        return np.zeros((0, 4)), np.zeros(0), [], np.zeros(0, dtype=bool)
+    parsed = _parse(features)
+    boxes = np.stack((parsed.x1, parsed.y1, parsed.x2, parsed.y2), axis=1)
+    labels = [parsed.label_names[c] for c in parsed.label.tolist()]
+    return boxes, parsed.score, labels, parsed.kind == _BOX
 
 
 def _stable_text(feature: Any) -> str:

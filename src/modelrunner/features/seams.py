@@ -20,29 +20,46 @@ from typing import Any
 import numpy as np
 
 from ..requests import DistillationOption
-from .convert import image_bounds
-from .merge import Relocate, distill
+from .merge import Relocate, box_columns, distill, nms_indices
 
 Window = tuple[float, float, float, float]  # minx, miny, maxx, maxy in full-image pixels
 
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """Features as pixel boxes (n, 4: minx, miny, maxx, maxy) and their GeoJSON texts."""
+    """Features kept serialised: their GeoJSON texts and the columns a merge reads (pixel boxes (n, 4),
+    scores, labels, and which are boxes rather than shapes; see :func:`~.merge.box_columns`)."""
 
-    boxes: np.ndarray
     texts: list[str]
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: list[str]
+    is_box: np.ndarray
 
     @classmethod
     def of(cls, features: Sequence[dict[str, Any]], texts: Sequence[str] | None = None) -> FeatureSet:
-        boxes = np.array([image_bounds(f["properties"]) for f in features], dtype="<f8").reshape(-1, 4)
-        return cls(boxes, list(texts) if texts is not None else [json.dumps(f) for f in features])
+        boxes, scores, labels, is_box = box_columns(features)
+        return cls(list(texts) if texts is not None else [json.dumps(f) for f in features],
+                   boxes, scores, labels, is_box)
+
+    @classmethod
+    def empty(cls) -> FeatureSet:
+        return cls([], np.zeros((0, 4)), np.zeros(0), [], np.zeros(0, dtype=bool))
 
     @classmethod
     def concat(cls, sets: Sequence[FeatureSet]) -> FeatureSet:
+        sets = [s for s in sets if len(s)]
         if not sets:
-            return cls(np.zeros((0, 4)), [])
-        return cls(np.concatenate([s.boxes for s in sets]), [t for s in sets for t in s.texts])
+            return cls.empty()
+        return cls([t for s in sets for t in s.texts], np.concatenate([s.boxes for s in sets]),
+                   np.concatenate([s.scores for s in sets]), [lb for s in sets for lb in s.labels],
+                   np.concatenate([s.is_box for s in sets]))
+
+    def take(self, mask_or_index: np.ndarray) -> FeatureSet:
+        index = np.flatnonzero(mask_or_index) if mask_or_index.dtype == bool else mask_or_index
+        picks = index.tolist()
+        return FeatureSet([self.texts[i] for i in picks], self.boxes[index], self.scores[index],
+                          [self.labels[i] for i in picks], self.is_box[index])
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -52,16 +69,30 @@ class FeatureSet:
 
     def to_bytes(self) -> bytes:
         # GeoJSON text from json.dumps never holds a raw newline, so newlines separate the features.
-        head = len(self.texts).to_bytes(8, "little")
-        return head + self.boxes.astype("<f8").tobytes() + "\n".join(self.texts).encode()
+        names = sorted(set(self.labels))
+        code = {name: i for i, name in enumerate(names)}
+        n = len(self.texts)
+        return b"".join([
+            n.to_bytes(8, "little"), self.boxes.astype("<f8").tobytes(), self.scores.astype("<f8").tobytes(),
+            self.is_box.astype(np.uint8).tobytes(), np.array([code[lb] for lb in self.labels], dtype="<u4").tobytes(),
+            json.dumps(names).encode(), b"\n", "\n".join(self.texts).encode()])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureSet:
-        count = int.from_bytes(data[:8], "little")
-        end = 8 + 32 * count
-        boxes = np.frombuffer(data[8:end], dtype="<f8").reshape(count, 4)
-        texts = data[end:].decode().split("\n") if count else []
-        return cls(boxes, texts)
+        n = int.from_bytes(data[:8], "little")
+        at = 8
+        boxes = np.frombuffer(data, dtype="<f8", count=4 * n, offset=at).reshape(n, 4)
+        at += 32 * n
+        scores = np.frombuffer(data, dtype="<f8", count=n, offset=at)
+        at += 8 * n
+        is_box = np.frombuffer(data, dtype=np.uint8, count=n, offset=at).astype(bool)
+        at += n
+        codes = np.frombuffer(data, dtype="<u4", count=n, offset=at)
+        at += 4 * n
+        end = data.index(b"\n", at)
+        names = json.loads(data[at:end])
+        texts = data[end + 1:].decode().split("\n") if n else []
+        return cls(texts, boxes, scores, [names[c] for c in codes.tolist()], is_box)
 
 
 def _reaching(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -76,28 +107,39 @@ def merge_seams(parts: Sequence[tuple[Window, FeatureSet]], option: Distillation
                 relocate: Relocate | None = None, *, final: bool = True) -> FeatureSet:
     """Merge parts (each already merged inside itself) across the seams between their windows.
 
-    ``final`` False (a lower level) with SOFT_NMS only concatenates: the job level decays once.
+    ``final`` False (a lower level) with SOFT_NMS only concatenates: the job level decays once. With NMS
+    and only boxes near the seams, the merge runs on the stored columns and no feature is parsed.
     """
     if option.algorithm_type == "SOFT_NMS" and not final:
         return FeatureSet.concat([part for _, part in parts])
     windows = np.array([window for window, _ in parts], dtype=float).reshape(-1, 4)
-    keep_boxes: list[np.ndarray] = []
-    keep_texts: list[str] = []
-    seam: list[dict[str, Any]] = []
+    untouched: list[FeatureSet] = []
+    seam: list[FeatureSet] = []
     for i, (_, part) in enumerate(parts):
         if not len(part):
             continue
         if option.algorithm_type == "SOFT_NMS":
             near = np.ones(len(part), dtype=bool)
         else:
-            x0, y0 = part.boxes[:, 0].min(), part.boxes[:, 1].min()
-            x1, y1 = part.boxes[:, 2].max(), part.boxes[:, 3].max()
-            close = ((windows[:, 0] < x1) & (windows[:, 2] > x0) & (windows[:, 1] < y1) & (windows[:, 3] > y0))
+            finite = np.isfinite(part.boxes).all(axis=1)
+            bounds = part.boxes[finite]
+            close = np.zeros(len(windows), dtype=bool)
+            if len(bounds):
+                x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
+                x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
+                close = (windows[:, 0] < x1) & (windows[:, 2] > x0) & (windows[:, 1] < y1) & (windows[:, 3] > y0)
             close[i] = False
-            near = _reaching(part.boxes, windows[close])
-        keep_boxes.append(part.boxes[~near])
-        keep_texts.extend(t for t, n in zip(part.texts, near.tolist(), strict=True) if not n)
-        seam.extend(json.loads(t) for t, n in zip(part.texts, near.tolist(), strict=True) if n)
-    merged = FeatureSet.of(distill(seam, option, relocate)) if seam else FeatureSet.concat([])
-    return FeatureSet.concat([FeatureSet(np.concatenate(keep_boxes) if keep_boxes else np.zeros((0, 4)),
-                                         keep_texts), merged])
+            near = _reaching(part.boxes, windows[close]) & finite
+        untouched.append(part.take(~near))
+        seam.append(part.take(near))
+    candidates = FeatureSet.concat(seam)
+    if not len(candidates):
+        return FeatureSet.concat(untouched)
+    if option.algorithm_type == "NMS" and candidates.is_box.all():
+        # Ties beyond score, box and label are broken by the text, never by arrival order.
+        by_text = np.argsort(np.array(candidates.texts, dtype=object), kind="stable")
+        ordered = candidates.take(by_text)
+        labels = None if option.class_agnostic else np.unique(ordered.labels, return_inverse=True)[1]
+        kept = nms_indices(ordered.boxes, ordered.scores, labels, option.iou_threshold, option.match_metric)
+        return FeatureSet.concat([*untouched, ordered.take(np.sort(kept))])
+    return FeatureSet.concat([*untouched, FeatureSet.of(distill(candidates.features(), option, relocate))])

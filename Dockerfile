@@ -18,7 +18,7 @@ RUN pip install --no-cache-dir "numpy<2.5" setuptools wheel \
 
 RUN useradd --system --uid 1000 modelrunner
 USER modelrunner
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=2
 # SIGTERM: the worker stops taking messages and hands back unfinished work within MR_STOP_TIMEOUT (30 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["python3", "bin/oversightml-mr-entry-point.py"]

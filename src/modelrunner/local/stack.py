@@ -152,6 +152,8 @@ class Resources:
             "AWS_S3_ENDPOINT": host,
             "AWS_HTTPS": "NO",
             "AWS_VIRTUAL_HOSTING": "FALSE",
+            # Fewer glibc malloc arenas: tile threads otherwise each keep their own (as in the Dockerfile).
+            "MALLOC_ARENA_MAX": "2",
         }
         if model_url:
             env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = model_url

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import SinkError
 from ..features.seams import FeatureSet, merge_seams
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource
-from ..requests import DistillationOption, ImageRequest, KinesisOutput, S3Output
+from ..requests import DistillationOption, ImageRequest, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from .region import Relocate, relocator
 from .services import Services
@@ -51,20 +52,13 @@ def complete(services: Services, image_id: str) -> str | None:
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
 
-    sink_results: list[SinkResult] = []
-    reasons: list[str] = []
-    for output in request.outputs:
-        clients = services.aws.for_role(output.role)
-        try:
-            if isinstance(output, S3Output):
-                sink_results.append(write_s3(clients.s3, output, request.job_id, merged))
-            elif isinstance(output, KinesisOutput):
-                sink_results.append(write_kinesis(clients.kinesis, output, request.job_id, merged))
-        except SinkError as err:
-            reasons.append(str(err))
-        except Exception as err:  # an output we could not write is reported, never swallowed
-            log.exception("output %s failed", output)
-            reasons.append(f"{output.to_dict()['type']} output failed: {err}")
+    # Outputs are written side by side (each waits mostly on its service); all are done before the final
+    # status is published, so the S3 object exists when SUCCESS is read.
+    with ThreadPoolExecutor(max_workers=max(1, len(request.outputs)), thread_name_prefix="sink") as pool:
+        written_by = list(pool.map(lambda output: _write_output(services, request.job_id, output, merged),
+                                   request.outputs))
+    sink_results = [r for r, _ in written_by if r is not None]
+    reasons = [reason for _, reason in written_by if reason]
     for result in sink_results:
         reasons.extend(result.reasons)
 
@@ -97,6 +91,21 @@ def complete(services: Services, image_id: str) -> str | None:
                            "Errors": (1 if status != "SUCCESS" else 0, "Count")})
     services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
     return status
+
+
+def _write_output(services: Services, job_id: str, output: Output,
+                  features: list[str]) -> tuple[SinkResult | None, str | None]:
+    """Write one output; (its result, None), or (None, why nothing could be written)."""
+    clients = services.aws.for_role(output.role)
+    try:
+        if isinstance(output, S3Output):
+            return write_s3(clients.s3, output, job_id, features), None
+        return write_kinesis(clients.kinesis, output, job_id, features), None
+    except SinkError as err:
+        return None, str(err)
+    except Exception as err:  # an output we could not write is reported, never swallowed
+        log.exception("output %s failed", output)
+        return None, f"{output.to_dict()['type']} output failed: {err}"
 
 
 def merge_regions(rows: list[dict[str, Any]], results: dict[str, FeatureSet], option: DistillationOption,

@@ -370,7 +370,9 @@ def test_huge_image_is_planned_and_processed_in_bounded_memory(tmp_path):
     assert (ref["regions"], ref["done"]) == (4, 42)
     # 100 x the pixels, the same memory: the peak depends on the region's strip and the bounded caches. The
     # one thing that scales is libtiff's tile index (16 bytes per block, 2.4 MB here), loaded on first read.
-    assert big["peak_kib"] - ref["peak_kib"] < 8 * 1024, (big, ref)
+    # The margin allows for allocator noise on a loaded machine (seen up to ~8 MB); growth with the image
+    # would be hundreds of MB.
+    assert big["peak_kib"] - ref["peak_kib"] < 24 * 1024, (big, ref)
     assert big["peak_kib"] < 320 * 1024, big
 
 

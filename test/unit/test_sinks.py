@@ -407,3 +407,32 @@ def test_kinesis_falls_back_to_describe_stream_when_summary_is_denied(kinesis: A
     result = write_kinesis(Denied(kinesis, lambda call, data: None), KinesisOutput(stream=STREAM), JOB,
                            [feature(0)])
     assert result.features_written == 1
+
+
+def test_kinesis_calls_in_flight_together_deliver_everything_once(kinesis: Any) -> None:
+    failed_once: set[str] = set()
+
+    def fail_first_time(call: int, data: dict[str, Any]) -> str | None:
+        name = ident(data)
+        if name in ("f3", "f10", "f17", "f40") and name not in failed_once:
+            failed_once.add(name)
+            return "ProvisionedThroughputExceededException"
+        return None
+
+    flaky = FlakyKinesis(kinesis, fail_first_time)
+    result = write_kinesis(flaky, KinesisOutput(stream=STREAM, batch_size=7), JOB, [feature(i) for i in range(50)],
+                           sleep=lambda _: None, max_in_flight=4)
+
+    assert result == SinkResult(sink=f"kinesis:{STREAM}", features_written=50)
+    assert sorted(ident(d) for d, _ in read_stream(kinesis)) == sorted(f"f{i}" for i in range(50))
+
+
+def test_kinesis_in_flight_calls_count_what_they_delivered_when_one_raises(kinesis: Any) -> None:
+    raising = RaisingKinesis(kinesis, 3)
+
+    result = write_kinesis(raising, KinesisOutput(stream=STREAM, batch_size=5), JOB, [feature(i) for i in range(40)],
+                           max_in_flight=2)
+
+    delivered = len(read_stream(kinesis))
+    assert result.features_written == delivered >= 5
+    assert result.features_written + result.features_failed == 40

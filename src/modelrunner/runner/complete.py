@@ -93,6 +93,10 @@ def complete(services: Services, image_id: str) -> str | None:
     return status
 
 
+KINESIS_CALLS_IN_FLIGHT = 4
+"""PutRecords calls sent at once: serialising the next batch overlaps the service's work on the last."""
+
+
 def _write_output(services: Services, job_id: str, output: Output,
                   features: list[str]) -> tuple[SinkResult | None, str | None]:
     """Write one output; (its result, None), or (None, why nothing could be written)."""
@@ -100,7 +104,7 @@ def _write_output(services: Services, job_id: str, output: Output,
     try:
         if isinstance(output, S3Output):
             return write_s3(clients.s3, output, job_id, features), None
-        return write_kinesis(clients.kinesis, output, job_id, features), None
+        return write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT), None
     except SinkError as err:
         return None, str(err)
     except Exception as err:  # an output we could not write is reported, never swallowed

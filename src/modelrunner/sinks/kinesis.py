@@ -18,10 +18,13 @@ Call-level throttling and 5xx answers are retried by botocore itself (standard r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +72,7 @@ class _CallFailed(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
         self.error = error
+        self.partial: SinkResult | None = None  # what the failing batch delivered before it failed
 
 
 def write_kinesis(
@@ -80,6 +84,7 @@ def write_kinesis(
     max_attempts: int = 8,
     base_delay: float = 0.1,
     sleep: Callable[[float], None] = time.sleep,
+    max_in_flight: int = 1,
 ) -> SinkResult:
     """Put every feature on ``output``'s stream and report how many got there and why the rest did not.
 
@@ -91,6 +96,9 @@ def write_kinesis(
     Raises :class:`SinkError` only when nothing could be written: the stream is missing or not writable,
     the job id cannot be a partition key, or a PutRecords call raised before any record was delivered. A
     call that raises later stops the write and the features not delivered are reported as failed.
+
+    ``max_in_flight`` > 1 sends that many PutRecords calls at once (the stream's shards take them in
+    parallel; records of different calls may then interleave, which the reference never promised either).
     """
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -105,11 +113,40 @@ def write_kinesis(
     per_call = max(1, min(MAX_RECORDS_PER_CALL, output.batch_size))
     key_bytes = len(job_id.encode("utf-8"))
 
+    def send(batch: list[_Record]) -> SinkResult:
+        part = SinkResult(sink=result.sink)
+        try:
+            _put_with_retries(kinesis_client, stream, job_id, batch, part,
+                              max_attempts=max_attempts, base_delay=base_delay, sleep=sleep)
+        except _CallFailed as failure:
+            failure.partial = part
+            raise
+        return part
+
+    def merge(part: SinkResult) -> None:
+        result.features_written += part.features_written
+        result.features_failed += part.features_failed
+        for reason in part.reasons:
+            _add_reason(result, reason)
+
+    pool = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="kinesis") if max_in_flight > 1 else None
+    in_flight: deque[Future[SinkResult]] = deque()
+
+    def collect(future: Future[SinkResult]) -> None:
+        try:
+            merge(future.result())
+        except _CallFailed as failure:
+            if failure.partial is not None:
+                merge(failure.partial)
+            raise
+
     def put(batch: list[_Record]) -> None:
-        _put_with_retries(
-            kinesis_client, stream, job_id, batch, result,
-            max_attempts=max_attempts, base_delay=base_delay, sleep=sleep,
-        )
+        if pool is None:
+            collect(_done(send, batch))
+            return
+        while len(in_flight) >= max_in_flight:
+            collect(in_flight.popleft())
+        in_flight.append(pool.submit(send, batch))
 
     iterator: Iterator[dict[str, Any]] = iter(features)
     seen = 0
@@ -129,7 +166,12 @@ def write_kinesis(
             batch_bytes += record.size
         if batch:
             put(batch)
+        while in_flight:
+            collect(in_flight.popleft())
     except _CallFailed as failure:
+        while in_flight:  # what the other calls in flight delivered still counts
+            with contextlib.suppress(_CallFailed):
+                collect(in_flight.popleft())
         if result.features_written == 0:
             error = failure.error
             raise SinkError(f"writing to Kinesis stream {stream!r} failed: {error}") from error
@@ -141,7 +183,20 @@ def write_kinesis(
             f"PutRecords to stream {stream!r} failed after {result.features_written} features were "
             f"delivered; {not_sent} features not delivered: {failure.error}",
         )
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return result
+
+
+def _done(fn: Callable[[list[_Record]], SinkResult], batch: list[_Record]) -> Future[SinkResult]:
+    """Run ``fn`` now, in this thread, as a finished future (the one-call-at-a-time path)."""
+    future: Future[SinkResult] = Future()
+    try:
+        future.set_result(fn(batch))
+    except _CallFailed as failure:
+        future.set_exception(failure)
+    return future
 
 
 def _check_stream(kinesis_client: Any, stream: str) -> None:

@@ -46,10 +46,10 @@ def _progress(res: Resources, image_id: str, started: float) -> tuple[dict[str, 
     total = int(job.get("tile_count", 0) or 0)
     elapsed = max(1e-6, time.monotonic() - started)
     rate = done / elapsed
-    eta = (total - done) / rate if rate > 0 and total else float("nan")
+    eta = f"{(total - done) / rate:4.0f}s" if rate > 0 and total else "   -"
     regions = f"{job.get('regions_done', 0)}/{job.get('region_count', 0)}"
     line = (f"[{_bar(done, total)}] tiles {done}/{total or '?'}  {rate:5.1f} tiles/s  "
-            f"ETA {eta:4.0f}s  regions {regions}  {job.get('job_status', 'QUEUED')}")
+            f"ETA {eta}  regions {regions}  {job.get('job_status', 'QUEUED')}")
     return job, line
 
 

@@ -43,6 +43,14 @@ _SOFT_ONLY = {"skip_box_threshold", "sigma"}
 _WIRE_KEYS = {attr: key for key, attr in reversed(_ALGORITHM_KEYS.items())}  # attribute -> camelCase key
 
 
+def _json_body(body: str | bytes) -> Any:
+    """An SQS message body as JSON; anything else is a RequestError on field ``body``."""
+    try:
+        return json.loads(body)
+    except (ValueError, TypeError) as err:
+        raise RequestError("body", f"is not valid JSON ({err})") from None
+
+
 def _int(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
     """An int field, accepting numeric strings and truncating floats as the reference does."""
     if isinstance(value, bool):
@@ -274,11 +282,7 @@ class ImageRequest:
     @classmethod
     def from_message(cls, body: str | bytes) -> ImageRequest:
         """Parse an SQS message body. Non-JSON is a RequestError on field ``body``."""
-        try:
-            raw = json.loads(body)
-        except (ValueError, TypeError) as err:
-            raise RequestError("body", f"is not valid JSON ({err})") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(_json_body(body))
 
     @classmethod
     def from_dict(cls, raw: Any) -> ImageRequest:
@@ -532,8 +536,4 @@ class RegionRequest:
 
     @classmethod
     def from_message(cls, body: str | bytes) -> RegionRequest:
-        try:
-            raw = json.loads(body)
-        except (ValueError, TypeError) as err:
-            raise RequestError("body", f"is not valid JSON ({err})") from None
-        return cls.from_dict(raw)
+        return cls.from_dict(_json_body(body))

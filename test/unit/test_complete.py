@@ -80,3 +80,12 @@ def test_features_a_seam_merge_changes_are_relocated():
     assert relocated, "NMM grew some boxes across the seams"
     changed = [f for f in merged if f["id"] in relocated]
     assert changed and all(f["geometry"]["type"] == "Point" for f in changed)
+
+
+def test_output_order_does_not_depend_on_the_order_parts_finished_in():
+    rows, results = region_results(11)
+    option = DistillationOption(iou_threshold=0.3)
+    first = merge_regions(rows, results, option).texts
+    shuffled = list(rows)
+    random.Random(2).shuffle(shuffled)
+    assert merge_regions(shuffled, results, option).texts == first

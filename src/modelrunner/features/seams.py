@@ -110,6 +110,8 @@ def merge_seams(parts: Sequence[tuple[Window, FeatureSet]], option: Distillation
     ``final`` False (a lower level) with SOFT_NMS only concatenates: the job level decays once. With NMS
     and only boxes near the seams, the merge runs on the stored columns and no feature is parsed.
     """
+    # Row-major by window, whatever order the parts finished in: the output order is deterministic too.
+    parts = sorted(parts, key=lambda part: (part[0][1], part[0][0], part[0][3], part[0][2]))
     if option.algorithm_type == "SOFT_NMS" and not final:
         return FeatureSet.concat([part for _, part in parts])
     windows = np.array([window for window, _ in parts], dtype=float).reshape(-1, 4)

@@ -247,10 +247,6 @@ def output_from_dict(raw: Any, where: str) -> Output:
     raise RequestError(f"{where}.type", f"must be S3 or Kinesis, got {kind!r}")
 
 
-def output_to_dict(output: Output) -> dict[str, Any]:
-    return output.to_dict()
-
-
 @dataclass(frozen=True)
 class ImageRequest:
     """One image to process, as the requester asked for it (validated, defaults filled in)."""

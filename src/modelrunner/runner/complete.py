@@ -149,7 +149,3 @@ def fail_job(services: Services, request: ImageRequest, reason: str) -> None:
     duration = services.jobs.end(request.image_id, "FAILED", reason)
     if duration is not None:
         services.status.image("FAILED", request.job_id, request.image_id, reason, duration)
-
-
-def distillation_of(job: dict[str, Any]) -> DistillationOption:
-    return DistillationOption.from_stored(json.loads(job.get("feature_distillation_option") or "{}"))

@@ -48,15 +48,15 @@ _TAIL = b"]}"
 
 
 def default_transfer_config() -> TransferConfig:
-    """The managed-transfer settings for result objects: single PUT up to 64 MiB, 16 MiB parts above.
+    """The managed-transfer settings for result objects: single PUT up to 64 MiB, 8 MiB parts above.
 
     ``classic`` pins the pure-Python s3transfer manager so behaviour (and botocore event hooks) do not
     change when awscrt happens to be installed; in-memory parts are capped at the concurrency, so at most
-    ``4 * 16 MiB`` of part data is held at once. A new object each call: TransferConfig is mutable.
+    ``4 * 8 MiB`` of part data is held at once (up to 80 GB objects within S3's 10,000 parts). A new object each call: TransferConfig is mutable.
     """
     config = TransferConfig(
         multipart_threshold=64 * MiB,
-        multipart_chunksize=16 * MiB,
+        multipart_chunksize=8 * MiB,
         max_concurrency=4,
         preferred_transfer_client="classic",
     )

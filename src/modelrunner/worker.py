@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .errors import RequestError
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete
@@ -167,21 +169,24 @@ class Worker:
             if first is not None:
                 process_region(self.services, first, job=job, abort=self.abort)
                 if not maybe_complete(self.services, request.image_id):
-                    self._keep_for_later(message)
-                    return
+                    return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
             log.warning("stopping: image message for job %s handed back", request.job_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])
             return
+        except (ClientError, BotoCoreError):
+            # An AWS call failed after boto3's own retries: the message comes back, the job is not failed
+            # (it may be another worker's, running normally, if this was a duplicate delivery).
+            log.exception("job %s: transient AWS error; its message returns after the visibility timeout",
+                          request.job_id)
+            return
         except Exception as err:
             log.exception("job %s failed", request.job_id)
             fail_job(self.services, request, str(err) or type(err).__name__)
+        finally:
+            # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
+            self.heartbeat.release(message["ReceiptHandle"])
         self._delete(queue, message)
-
-    def _keep_for_later(self, message: dict[str, Any]) -> None:
-        """Another worker is completing this job: keep the message (not held, not deleted) so it comes back
-        after the visibility timeout and completes the job if that worker died meanwhile."""
-        self.heartbeat.release(message["ReceiptHandle"])
 
     def _reject_image(self, message: dict[str, Any], err: RequestError) -> None:
         """A request we cannot run: one FAILED status naming the field, and a FAILED job row."""
@@ -198,8 +203,8 @@ class Worker:
         image_id = f"{job_id}:{url}"
         reason = str(err)
         log.error("rejected image request %s: %s", job_id, reason)
-        self.services.jobs.create_failed(image_id, job_id, url, reason)
-        self.services.status.image("FAILED", job_id, image_id, reason, 0.001)
+        if self.services.jobs.create_failed(image_id, job_id, url, reason):  # once, however often redelivered
+            self.services.status.image("FAILED", job_id, image_id, reason, 0.001)
 
     def handle_region(self, message: dict[str, Any]) -> None:
         queue = self.settings.region_queue
@@ -217,8 +222,8 @@ class Worker:
             elif "end_time" not in job:
                 process_region(self.services, region, job=job, abort=self.abort)
                 if not maybe_complete(self.services, region.image_id):
-                    self._keep_for_later(message)
-                    return
+                    self.heartbeat.release(message["ReceiptHandle"])
+                    return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
             log.warning("stopping: region %s handed back", region.region_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])

@@ -80,9 +80,10 @@ def test_raw_features_overwrite_on_redelivery_and_region_results_round_trip(stor
     assert sorted(f["properties"]["n"] for f in features.raw_features("img")) == list(range(100))
     big = [{"type": "Feature", "id": str(i), "properties": {"imageBBox": [i, 2, i + 5, 9], "blob": i * 7919 % 100003}}
            for i in range(30000)]
-    chunks = features.put_region_result("img", "r1", FeatureSet.of(big))
-    features.put_region_result("img", "r2", FeatureSet.of([]))
-    out = features.region_results("img", {"r1": chunks, "r2": 1})
+    chunks = features.put_region_result("img", "r1", "a1", FeatureSet.of(big))
+    features.put_region_result("img", "r1", "a0", FeatureSet.of(big[:10]))  # a losing duplicate
+    features.put_region_result("img", "r2", "a1", FeatureSet.of([]))
+    out = features.region_results("img", {"r1": ("a1", chunks), "r2": ("a1", 1)})
     assert out["r1"].features() == big and out["r2"].features() == []
     assert out["r1"].boxes.shape == (30000, 4) and list(out["r1"].boxes[7]) == [7, 2, 12, 9]
 
@@ -105,3 +106,46 @@ def test_status_messages_are_the_references():
     assert region["MessageAttributes"]["failed_tiles"]["StringValue"] == "[{'1': [[0, 0], [512, 512]]}]"
     assert region["MessageAttributes"]["processing_duration"]["StringValue"] == "1234"
     assert "processing_duration" not in started["MessageAttributes"]
+
+
+def test_a_region_finished_meanwhile_is_not_reopened_nor_counted_twice(stores):
+    jobs, regions, _ = stores
+    req = request()
+    jobs.create(req)
+    jobs.update(req.image_id, {"region_count": 2})
+    region = RegionRequest.for_image(req, ((0, 0), (512, 512)))
+    regions.plan(region, 0, 1)
+    regions.start(region, "a")
+    # Worker b read the row while it was STARTED (a duplicate delivery); worker a then finishes it.
+    stale = regions.get(req.image_id, region.region_id)
+    kwargs = {"start_ms": 0, "succeeded": [[[0, 0], [512, 512]]], "failed": [], "total": 1, "message": None,
+              "feature_count": 1}
+    assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **kwargs)
+    original_get = regions.get
+    reads = iter([stale])  # b's first read happened before a's finish
+    regions.get = lambda *a: next(reads, None) or original_get(*a)
+    try:
+        after = regions.start(region, "b")
+    finally:
+        regions.get = original_get
+    assert after["region_status"] == "SUCCESS", "b is told the region is finished"
+    regions.progress(req.image_id, region.region_id, 1, 0, 0)
+    assert not regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **kwargs)
+    row = regions.get(req.image_id, region.region_id)
+    assert (row["region_status"], row["succeeded_tile_count"]) == ("SUCCESS", 1)
+    assert jobs.get(req.image_id)["regions_done"] == 1
+
+
+def test_a_finished_job_is_not_reopened_and_claims_are_renewed_by_their_owner(stores):
+    jobs, _, _ = stores
+    req = request()
+    jobs.create(req)
+    jobs.update(req.image_id, {"region_count": 1, "regions_done": 1})
+    assert jobs.claim_completion(req.image_id, "w1", 60)
+    assert jobs.renew_claim(req.image_id, "w1") and not jobs.renew_claim(req.image_id, "w2")
+    assert jobs.update_unfinished(req.image_id, {"width": 10})
+    jobs.end(req.image_id, "SUCCESS", "done")
+    assert not jobs.update_unfinished(req.image_id, {"job_status": "IN_PROGRESS"})
+    assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
+    assert jobs.create_failed("bad:x", "bad", "x", "reason") is True
+    assert jobs.create_failed("bad:x", "bad", "x", "reason") is False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from ..errors import SinkError
 from ..features.seams import FeatureSet, merge_seams
 from ..imagery.geolocate import Geolocator
-from ..imagery.source import ImageSource
+from ..imagery.source import ImageSource, set_read_credentials
 from ..requests import DistillationOption, ImageRequest, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from .region import Relocate, relocator
@@ -33,12 +34,30 @@ def maybe_complete(services: Services, image_id: str) -> bool:
     regions to go. False means every region is done but another worker holds the completion: keep the
     message, so that it comes back and completes the job should that worker die.
     """
-    if services.jobs.claim_completion(image_id, services.worker_id, completion_lease(services)):
-        complete(services, image_id)
+    lease = completion_lease(services)
+    if services.jobs.claim_completion(image_id, services.worker_id, lease):
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(services, image_id, lease / 3, stop), daemon=True,
+                                   name="completion-lease")
+        renewer.start()
+        try:
+            complete(services, image_id)
+        finally:
+            stop.set()
         return True
     job = services.jobs.get(image_id)
     all_done = int(job.get("region_count", 0)) > 0 and job.get("regions_done") == job.get("region_count")
     return "end_time" in job or not all_done
+
+
+def _renew(services: Services, image_id: str, period: float, stop: threading.Event) -> None:
+    """Keep this worker's completion claim fresh: a long completion (a big Kinesis write) is not taken over."""
+    while not stop.wait(period):
+        try:
+            if not services.jobs.renew_claim(image_id, services.worker_id):
+                return
+        except Exception:  # the next renewal tries again; the lease is three periods long
+            log.exception("could not renew the completion claim of %s", image_id)
 
 
 def complete(services: Services, image_id: str) -> str | None:
@@ -46,8 +65,9 @@ def complete(services: Services, image_id: str) -> str | None:
     job = services.jobs.get(image_id)
     request = ImageRequest.from_dict(json.loads(job["request"]))
     rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
-    counts = {r["region_id"]: int(r.get("result_chunks", 0)) for r in rows if int(r.get("result_chunks", 0))}
-    results = services.features.region_results(image_id, counts)
+    finished = {r["region_id"]: (str(r.get("result_attempt", "")), int(r["result_chunks"]))
+                for r in rows if int(r.get("result_chunks", 0))}
+    results = services.features.region_results(image_id, finished)
     merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job)).texts
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
@@ -93,8 +113,9 @@ def complete(services: Services, image_id: str) -> str | None:
     return status
 
 
-KINESIS_CALLS_IN_FLIGHT = 4
-"""PutRecords calls sent at once: serialising the next batch overlaps the service's work on the last."""
+KINESIS_CALLS_IN_FLIGHT = 1
+"""PutRecords calls sent at once. Every record's partition key is the job id, so all go to one shard:
+calls in parallel would only meet that shard's throughput limit sooner (the sink can do more than one)."""
 
 
 def _write_output(services: Services, job_id: str, output: Output,
@@ -136,6 +157,9 @@ class _LazyRelocate:
             settings = self.services.settings
             to_world = None
             if self.request.georegistration != "NONE":
+                if self.request.image_read_role:
+                    set_read_credentials(self.request.image_url,
+                                         self.services.aws.assumed_credentials(self.request.image_read_role))
                 with ImageSource.open(self.request.image_url) as source:
                     geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
                                                         settings.elevation_data_extension)

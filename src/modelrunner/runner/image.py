@@ -32,7 +32,9 @@ def _check_s3_object(services: Services, request: ImageRequest) -> None:
         s3.head_object(Bucket=parts[0], Key=parts[1])
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
-        raise ImageError(f"image {request.image_url} cannot be read from S3 ({code or err})") from None
+        if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
+            raise ImageError(f"image {request.image_url} cannot be read from S3 ({code})") from None
+        raise  # throttling or a 5xx after boto3's retries: transient, the message comes back
 
 
 def _extents(geolocator: Geolocator | None, width: int, height: int) -> str | None:
@@ -71,11 +73,14 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
     regions = [RegionRequest.for_image(request, r.bounds, info.extension) for r in plan.regions]
     tile_total = sum(r.tile_count if plan.roi is None else sum(1 for t in plan.grid.tiles(r.cols, r.rows)
                                                                  if plan.keeps(t)) for r in plan.regions)
-    services.jobs.update(request.image_id, {
-        "width": info.width, "height": info.height, "region_count": len(regions), "tile_count": tile_total,
-        "extents": extents, "job_status": "IN_PROGRESS", "image_extension": info.extension,
-        "sensor_model": geolocator.kind if geolocator else "NONE",
-    })
+    fields = {"width": info.width, "height": info.height, "region_count": len(regions), "tile_count": tile_total,
+              "extents": extents, "image_extension": info.extension,
+              "sensor_model": geolocator.kind if geolocator else "NONE"}
+    if created:
+        fields["job_status"] = "IN_PROGRESS"
+    if not services.jobs.update_unfinished(request.image_id, fields):
+        log.info("job %s ended while this duplicate delivery was planning it", request.job_id)
+        return None, services.jobs.get(request.image_id)
     if created:
         services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
@@ -85,7 +90,7 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
         # A redelivered image message (its worker died) re-queues only if the first delivery did not get
         # this far; a region queued twice is harmless (its second delivery finds it finished), just wasted.
         _queue_regions(services, regions[1:])
-        services.jobs.update(request.image_id, {"regions_queued": True})
+        services.jobs.update_unfinished(request.image_id, {"regions_queued": True})
     return regions[0], job
 
 

@@ -76,6 +76,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
         log.info("region %s already finished (%s): not processed again", region.region_id, before["region_status"])
         return RegionOutcome(region.region_id, before["region_status"], counted=False)
 
+    attempt = f"{services.worker_id}@{start_ms}"
     message = None
     raw_count = total = chunks = 0
     failed: list[Any] = []
@@ -84,7 +85,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     try:
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
         merged, raw_count, total, succeeded, failed = _run_tiles(services, region, job, option, abort)
-        chunks = services.features.put_region_result(region.image_id, region.region_id, merged)
+        chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, merged)
         status = "FAILED" if total == 0 or len(failed) == total else "PARTIAL" if failed else "SUCCESS"
     except RegionAborted:
         raise
@@ -95,7 +96,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=succeeded,
         failed=failed, total=total, message=message, feature_count=len(merged),
-        extra={"result_chunks": chunks, "raw_feature_count": raw_count})
+        extra={"result_chunks": chunks, "result_attempt": attempt, "raw_feature_count": raw_count})
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, failed)

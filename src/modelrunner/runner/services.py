@@ -41,7 +41,7 @@ class Services:
             aws=aws,
             jobs=JobStore(aws.dynamodb, settings.job_table, ttl),
             regions=RegionStore(aws.dynamodb, settings.region_table, ttl),
-            features=FeatureStore(aws.dynamodb, settings.feature_table, settings.feature_ttl_seconds),
+            features=FeatureStore(aws.dynamodb, settings.feature_table, settings.feature_ttl_seconds, ttl),
             status=StatusPublisher(aws.sns, settings.image_status_topic, settings.region_status_topic),
             metrics=Metrics(enabled=metrics),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",

@@ -52,7 +52,8 @@ def default_transfer_config() -> TransferConfig:
 
     ``classic`` pins the pure-Python s3transfer manager so behaviour (and botocore event hooks) do not
     change when awscrt happens to be installed; in-memory parts are capped at the concurrency, so at most
-    ``4 * 8 MiB`` of part data is held at once (up to 80 GB objects within S3's 10,000 parts). A new object each call: TransferConfig is mutable.
+    ``4 * 8 MiB`` of part data is held at once (objects up to 80 GB within S3's 10,000 parts). A new object
+    each call: TransferConfig is mutable.
     """
     config = TransferConfig(
         multipart_threshold=64 * MiB,

@@ -39,6 +39,9 @@ class FeatureStore:
     client: Any
     table: str
     ttl_seconds: int = 7200
+    """Raw features live 2 h, as the reference's."""
+    result_ttl_seconds: int = 86400
+    """Region results must outlive the job (its TTL), however long the job takes."""
 
     def raw_items(self, image_id: str, region_id: str, tile_id: str, texts: Sequence[str]) -> list[dict[str, Any]]:
         """A tile's raw features (GeoJSON texts) as feature-table items, cut well under 400 KB each.
@@ -74,27 +77,33 @@ class FeatureStore:
                 out.extend(json.loads(text) for text in item.get("features", []))
         return out
 
-    def put_region_result(self, image_id: str, region_id: str, features: FeatureSet) -> int:
-        """Store a region's merged features; returns the chunk count (recorded in the region row)."""
+    def put_region_result(self, image_id: str, region_id: str, attempt: str, features: FeatureSet) -> int:
+        """Store a region's merged features under this attempt; returns the chunk count.
+
+        Keys carry the attempt (worker and start time), and the region row records the attempt that
+        finished it: a duplicate delivery that loses the race can never mix its chunks into the result.
+        """
         blob = zlib.compress(features.to_bytes(), 1)
         chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
-        expire = int(time.time()) + self.ttl_seconds
+        expire = int(time.time()) + self.result_ttl_seconds
         ddb.batch_put(self.client, self.table, [
-            {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{i:05d}", "region_id": region_id,
-             "chunk": i, "chunks": len(chunks), "blob": part, "expire_time": expire}
+            {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{attempt}#{i:05d}",
+             "region_id": region_id, "attempt": attempt, "chunk": i, "chunks": len(chunks), "blob": part,
+             "expire_time": expire}
             for i, part in enumerate(chunks)])
         return len(chunks)
 
-    def region_results(self, image_id: str, chunk_counts: dict[str, int]) -> dict[str, FeatureSet]:
-        """Every region's stored result, keyed by region id; only the chunk counts the rows record."""
+    def region_results(self, image_id: str, finished: dict[str, tuple[str, int]]) -> dict[str, FeatureSet]:
+        """Every region's stored result, keyed by region id: the (attempt, chunk count) each row recorded."""
         parts: dict[str, dict[int, bytes]] = {}
         for item in self._query(f"{image_id}-regions", raw=True):
             region_id = item["region_id"]["S"]
+            attempt, count = finished.get(region_id, ("", 0))
             chunk = int(item["chunk"]["N"])
-            if chunk < chunk_counts.get(region_id, 0):
+            if item.get("attempt", {}).get("S") == attempt and chunk < count:
                 parts.setdefault(region_id, {})[chunk] = item["blob"]["B"]
         results: dict[str, FeatureSet] = {}
-        for region_id, count in chunk_counts.items():
+        for region_id, (_, count) in finished.items():
             got = parts.get(region_id, {})
             if len(got) != count:
                 raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")

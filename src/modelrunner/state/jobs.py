@@ -65,8 +65,9 @@ class JobStore:
             raise
         return True
 
-    def create_failed(self, image_id: str, job_id: str, image_url: str, reason: str) -> None:
-        """A job row for a request that could not be parsed: FAILED with the reason, for whoever looks."""
+    def create_failed(self, image_id: str, job_id: str, image_url: str, reason: str) -> bool:
+        """A job row for a request that could not be parsed: FAILED with the reason, for whoever looks.
+        False when the row exists already (a redelivery, or the id of another job)."""
         now = ddb.now_ms()
         item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
                 "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
@@ -76,8 +77,37 @@ class JobStore:
             self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
                                  ConditionExpression="attribute_not_exists(image_id)")
         except ClientError as err:
-            if not _conditional_failed(err):
-                raise
+            if _conditional_failed(err):
+                return False
+            raise
+        return True
+
+    def update_unfinished(self, image_id: str, fields: Mapping[str, Any]) -> bool:
+        """Update the row unless the job has ended (a slow duplicate must not reopen a finished job)."""
+        expr, names, vals = ddb.update_expression(fields)
+        try:
+            self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                                    UpdateExpression=expr, ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=vals,
+                                    ConditionExpression="attribute_not_exists(end_time)")
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False
+            raise
+        return True
+
+    def renew_claim(self, image_id: str, worker: str) -> bool:
+        """Keep a completion claim fresh while its worker is still completing (False: it was taken over)."""
+        try:
+            self.client.update_item(
+                TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                UpdateExpression="SET completion_claimed = :now", ConditionExpression="completion_worker = :w",
+                ExpressionAttributeValues=ddb.values({":now": time.time(), ":w": worker}))
+        except ClientError as err:
+            if _conditional_failed(err):
+                return False
+            raise
+        return True
 
     def update(self, image_id: str, fields: Mapping[str, Any]) -> None:
         expr, names, vals = ddb.update_expression(fields)

@@ -12,6 +12,10 @@ from ..requests import RegionRequest
 from . import ddb
 from .jobs import FINAL, JobStore
 
+_FINAL_VALUES = ddb.values({":s": "SUCCESS", ":p": "PARTIAL", ":f": "FAILED"})
+# Every write of a region row but the first is conditional on this: a finished region is never reopened.
+_NOT_FINAL = "NOT (#region_status IN (:s, :p, :f))"
+
 
 @dataclass
 class RegionStore:
@@ -74,16 +78,30 @@ class RegionStore:
             "tile_format": region.tile_format, "tile_compression": region.tile_compression,
             "succeeded_tile_count": 0, "failed_tile_count": 0,
         })
-        self.client.update_item(TableName=self.table, Key=self.key(region.image_id, region.region_id),
-                                UpdateExpression=expr, ExpressionAttributeNames=names, ExpressionAttributeValues=vals)
+        vals.update(_FINAL_VALUES)
+        try:  # a row another worker finished meanwhile stays finished
+            self.client.update_item(TableName=self.table, Key=self.key(region.image_id, region.region_id),
+                                    UpdateExpression=expr, ExpressionAttributeNames=names,
+                                    ExpressionAttributeValues=vals, ConditionExpression=_NOT_FINAL)
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            return self.get(region.image_id, region.region_id)
         return before
 
     def progress(self, image_id: str, region_id: str, total: int, succeeded: int, failed: int) -> None:
         expr, names, vals = ddb.update_expression({
             "total_tiles": total, "succeeded_tile_count": succeeded, "failed_tile_count": failed,
             "last_updated_time": ddb.now_ms()})
-        self.client.update_item(TableName=self.table, Key=self.key(image_id, region_id), UpdateExpression=expr,
-                                ExpressionAttributeNames=names, ExpressionAttributeValues=vals)
+        vals.update(_FINAL_VALUES)
+        names["#region_status"] = "region_status"
+        try:
+            self.client.update_item(TableName=self.table, Key=self.key(image_id, region_id), UpdateExpression=expr,
+                                    ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+                                    ConditionExpression=_NOT_FINAL)
+        except ClientError as err:  # a row another worker finished keeps its final counts
+            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
 
     def finish(self, jobs: JobStore, image_id: str, region_id: str, status: str, *, start_ms: int,
                succeeded: Sequence[Any], failed: Sequence[Any], total: int, message: str | None,
@@ -98,11 +116,10 @@ class RegionStore:
             "feature_count": feature_count, **(extra or {}),
         }
         expr, names, vals = ddb.update_expression(fields)
-        vals.update(ddb.values({":s": "SUCCESS", ":p": "PARTIAL", ":f": "FAILED"}))
+        vals.update(_FINAL_VALUES)
         region_update = {"Update": {
             "TableName": self.table, "Key": self.key(image_id, region_id), "UpdateExpression": expr,
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals,
-            "ConditionExpression": "NOT (#region_status IN (:s, :p, :f))",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals, "ConditionExpression": _NOT_FINAL,
         }}
         try:
             self.client.transact_write_items(TransactItems=[

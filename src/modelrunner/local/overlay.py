@@ -42,11 +42,12 @@ def render_overlay(image_path: str, features: Sequence[dict[str, Any]], out_path
     for minx, miny, maxx, maxy in feature_boxes(features):
         x0, x1 = (int(np.clip(round(v * scale), 0, out_w - 1)) for v in (minx, maxx))
         y0, y1 = (int(np.clip(round(v * scale), 0, out_h - 1)) for v in (miny, maxy))
+        # Two-pixel outlines (inside the box where it has room), so small detections stay visible.
         for c, value in enumerate(COLOUR):
-            canvas[c, y0, x0:x1 + 1] = value
-            canvas[c, y1, x0:x1 + 1] = value
-            canvas[c, y0:y1 + 1, x0] = value
-            canvas[c, y0:y1 + 1, x1] = value
+            canvas[c, y0:min(y0 + 2, y1 + 1), x0:x1 + 1] = value
+            canvas[c, max(y1 - 1, y0):y1 + 1, x0:x1 + 1] = value
+            canvas[c, y0:y1 + 1, x0:min(x0 + 2, x1 + 1)] = value
+            canvas[c, y0:y1 + 1, max(x1 - 1, x0):x1 + 1] = value
         drawn += 1
     mem = gdal.GetDriverByName("MEM").Create("", out_w, out_h, 3, gdal.GDT_Byte)
     for i in range(3):

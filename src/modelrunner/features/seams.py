@@ -39,7 +39,7 @@ class FeatureSet:
     @classmethod
     def of(cls, features: Sequence[dict[str, Any]], texts: Sequence[str] | None = None) -> FeatureSet:
         boxes, scores, labels, is_box = box_columns(features)
-        return cls(list(texts) if texts is not None else [json.dumps(f) for f in features],
+        return cls(list(texts) if texts is not None else [feature_text(f) for f in features],
                    boxes, scores, labels, is_box)
 
     @classmethod
@@ -93,6 +93,12 @@ class FeatureSet:
         names = json.loads(data[at:end])
         texts = data[end + 1:].decode().split("\n") if n else []
         return cls(texts, boxes, scores, [names[c] for c in codes.tolist()], is_box)
+
+
+def feature_text(feature: dict[str, Any]) -> str:
+    """A feature's GeoJSON text: exactly ``json.dumps``, a third faster without its cycle check (features
+    are trees: parsed JSON or built by us)."""
+    return json.dumps(feature, check_circular=False)
 
 
 def _reaching(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from ..errors import ModelRunnerError
 from ..features.convert import Feature, finish, geolocate, image_shape, to_image_features
 from ..features.merge import distill
-from ..features.seams import FeatureSet, Window, merge_seams
+from ..features.seams import FeatureSet, Window, feature_text, merge_seams
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
@@ -166,12 +166,12 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             geolocate(features, to_world)
             finish(features, job_id=job_id, inference_dt=inference_dt, feature_properties=feature_properties,
                    source_metadata=source_metadata)
-            texts = [json.dumps(f) for f in features]
+            texts = [feature_text(f) for f in features]
             if soft:  # decayed once, at completion
                 return _TileResult(texts, FeatureSet.of(features, texts))
             kept = distill(features, option, relocate)
             text_of = {id(f): t for f, t in zip(features, texts, strict=True)}
-            return _TileResult(texts, FeatureSet.of(kept, [text_of.get(id(f)) or json.dumps(f) for f in kept]))
+            return _TileResult(texts, FeatureSet.of(kept, [text_of.get(id(f)) or feature_text(f) for f in kept]))
 
         parts: list[tuple[Window, FeatureSet]] = []
         items: list[dict[str, Any]] = []

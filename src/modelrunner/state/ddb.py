@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -53,6 +54,18 @@ def update_expression(fields: Mapping[str, Any]) -> tuple[str, dict[str, str], d
     names = {f"#{k}": k for k, v in fields.items() if v is not None}
     expr = "SET " + ", ".join(f"#{k} = :{k}" for k, v in fields.items() if v is not None)
     return expr, names, values({f":{k}": v for k, v in fields.items() if v is not None})
+
+
+def conditional(call: Callable[..., Any], **kwargs: Any) -> bool:
+    """Make a conditional write; False when its condition did not hold (the state we guard against),
+    anything else raises."""
+    try:
+        call(**kwargs)
+    except ClientError as err:
+        if err.response["Error"]["Code"] in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+            return False
+        raise
+    return True
 
 
 def batch_put(client: Any, table: str, items: Sequence[Mapping[str, Any]], max_wait: float = 8.0) -> None:

@@ -16,16 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from ..requests import ImageRequest
 from . import ddb
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILED")
-
-
-def _conditional_failed(err: ClientError) -> bool:
-    return err.response["Error"]["Code"] in ("ConditionalCheckFailedException", "TransactionCanceledException")
 
 
 @dataclass
@@ -56,14 +50,7 @@ class JobStore:
             "roi_wkt": request.roi_wkt,
             "request": json.dumps(request.to_dict()),
         }
-        try:
-            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
-                                 ConditionExpression="attribute_not_exists(image_id)")
-        except ClientError as err:
-            if _conditional_failed(err):
-                return False
-            raise
-        return True
+        return self._put_new(item)
 
     def create_failed(self, image_id: str, job_id: str, image_url: str, reason: str) -> bool:
         """A job row for a request that could not be parsed: FAILED with the reason, for whoever looks.
@@ -73,41 +60,27 @@ class JobStore:
                 "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
                 "job_status": "FAILED", "status_reason": reason, "region_count": 0, "region_success": 0,
                 "region_error": 0}
-        try:
-            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
-                                 ConditionExpression="attribute_not_exists(image_id)")
-        except ClientError as err:
-            if _conditional_failed(err):
-                return False
-            raise
-        return True
+        return self._put_new(item)
+
+    def _put_new(self, item: Mapping[str, Any]) -> bool:
+        """Write a job row that must not exist yet; False when it does."""
+        return ddb.conditional(self.client.put_item, TableName=self.table, Item=ddb.marshal(item),
+                               ConditionExpression="attribute_not_exists(image_id)")
 
     def update_unfinished(self, image_id: str, fields: Mapping[str, Any]) -> bool:
         """Update the row unless the job has ended (a slow duplicate must not reopen a finished job)."""
         expr, names, vals = ddb.update_expression(fields)
-        try:
-            self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                                    UpdateExpression=expr, ExpressionAttributeNames=names,
-                                    ExpressionAttributeValues=vals,
-                                    ConditionExpression="attribute_not_exists(end_time)")
-        except ClientError as err:
-            if _conditional_failed(err):
-                return False
-            raise
-        return True
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression=expr, ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+            ConditionExpression="attribute_not_exists(end_time)")
 
     def renew_claim(self, image_id: str, worker: str) -> bool:
         """Keep a completion claim fresh while its worker is still completing (False: it was taken over)."""
-        try:
-            self.client.update_item(
-                TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                UpdateExpression="SET completion_claimed = :now", ConditionExpression="completion_worker = :w",
-                ExpressionAttributeValues=ddb.values({":now": time.time(), ":w": worker}))
-        except ClientError as err:
-            if _conditional_failed(err):
-                return False
-            raise
-        return True
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET completion_claimed = :now", ConditionExpression="completion_worker = :w",
+            ExpressionAttributeValues=ddb.values({":now": time.time(), ":w": worker}))
 
     def update(self, image_id: str, fields: Mapping[str, Any]) -> None:
         expr, names, vals = ddb.update_expression(fields)
@@ -137,20 +110,14 @@ class JobStore:
     def claim_completion(self, image_id: str, worker: str, lease_seconds: float) -> bool:
         """True for exactly one caller once every region is counted (or after the last claim went stale)."""
         now = time.time()
-        try:
-            self.client.update_item(
-                TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                UpdateExpression="SET completion_worker = :w, completion_claimed = :now",
-                ConditionExpression=("regions_done = region_count AND region_count > :zero "
-                                     "AND attribute_not_exists(end_time) AND "
-                                     "(attribute_not_exists(completion_claimed) OR completion_claimed < :stale)"),
-                ExpressionAttributeValues=ddb.values({":w": worker, ":now": now, ":stale": now - lease_seconds,
-                                                      ":zero": 0}))
-        except ClientError as err:
-            if _conditional_failed(err):
-                return False
-            raise
-        return True
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET completion_worker = :w, completion_claimed = :now",
+            ConditionExpression=("regions_done = region_count AND region_count > :zero "
+                                 "AND attribute_not_exists(end_time) AND "
+                                 "(attribute_not_exists(completion_claimed) OR completion_claimed < :stale)"),
+            ExpressionAttributeValues=ddb.values({":w": worker, ":now": now, ":stale": now - lease_seconds,
+                                                  ":zero": 0}))
 
     def end(self, image_id: str, status: str, reason: str, fields: Mapping[str, Any] | None = None) -> float | None:
         """Write the final status once; returns the job duration in seconds, or None if already ended."""
@@ -160,13 +127,8 @@ class JobStore:
         payload = {"end_time": end, "processing_duration": duration, "job_status": status,
                    "status_reason": reason, **(fields or {})}
         expr, names, vals = ddb.update_expression(payload)
-        try:
-            self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                                    UpdateExpression=expr, ExpressionAttributeNames=names,
-                                    ExpressionAttributeValues=vals,
-                                    ConditionExpression="attribute_not_exists(end_time)")
-        except ClientError as err:
-            if _conditional_failed(err):
-                return None
-            raise
-        return duration
+        ended = ddb.conditional(self.client.update_item, TableName=self.table,
+                                Key=ddb.marshal({"image_id": image_id}), UpdateExpression=expr,
+                                ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+                                ConditionExpression="attribute_not_exists(end_time)")
+        return duration if ended else None

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from ..requests import RegionRequest
 from . import ddb
 from .jobs import FINAL, JobStore
@@ -54,12 +52,8 @@ class RegionStore:
             "tile_overlap": [region.tile_overlap, region.tile_overlap],
             "tile_format": region.tile_format, "tile_compression": region.tile_compression,
         }
-        try:
-            self.client.put_item(TableName=self.table, Item=ddb.marshal(item),
-                                 ConditionExpression="attribute_not_exists(region_id)")
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        ddb.conditional(self.client.put_item, TableName=self.table, Item=ddb.marshal(item),
+                        ConditionExpression="attribute_not_exists(region_id)")
 
     def start(self, region: RegionRequest, worker: str) -> dict[str, Any]:
         """Mark the region STARTED by this worker; returns the row as it was (final rows are left alone)."""
@@ -79,15 +73,12 @@ class RegionStore:
             "succeeded_tile_count": 0, "failed_tile_count": 0,
         })
         vals.update(_FINAL_VALUES)
-        try:  # a row another worker finished meanwhile stays finished
-            self.client.update_item(TableName=self.table, Key=self.key(region.image_id, region.region_id),
-                                    UpdateExpression=expr, ExpressionAttributeNames=names,
-                                    ExpressionAttributeValues=vals, ConditionExpression=_NOT_FINAL)
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return self.get(region.image_id, region.region_id)
-        return before
+        started = ddb.conditional(self.client.update_item, TableName=self.table,
+                                  Key=self.key(region.image_id, region.region_id), UpdateExpression=expr,
+                                  ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+                                  ConditionExpression=_NOT_FINAL)
+        # A row another worker finished meanwhile stays finished, and is what the caller sees.
+        return before if started else self.get(region.image_id, region.region_id)
 
     def progress(self, image_id: str, region_id: str, total: int, succeeded: int, failed: int) -> None:
         expr, names, vals = ddb.update_expression({
@@ -95,13 +86,10 @@ class RegionStore:
             "last_updated_time": ddb.now_ms()})
         vals.update(_FINAL_VALUES)
         names["#region_status"] = "region_status"
-        try:
-            self.client.update_item(TableName=self.table, Key=self.key(image_id, region_id), UpdateExpression=expr,
-                                    ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
-                                    ConditionExpression=_NOT_FINAL)
-        except ClientError as err:  # a row another worker finished keeps its final counts
-            if err.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
+        # A row another worker finished keeps its final counts.
+        ddb.conditional(self.client.update_item, TableName=self.table, Key=self.key(image_id, region_id),
+                        UpdateExpression=expr, ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
+                        ConditionExpression=_NOT_FINAL)
 
     def finish(self, jobs: JobStore, image_id: str, region_id: str, status: str, *, start_ms: int,
                succeeded: Sequence[Any], failed: Sequence[Any], total: int, message: str | None,
@@ -121,11 +109,5 @@ class RegionStore:
             "TableName": self.table, "Key": self.key(image_id, region_id), "UpdateExpression": expr,
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals, "ConditionExpression": _NOT_FINAL,
         }}
-        try:
-            self.client.transact_write_items(TransactItems=[
-                region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])
-        except ClientError as err:
-            if err.response["Error"]["Code"] == "TransactionCanceledException":
-                return False
-            raise
-        return True
+        return ddb.conditional(self.client.transact_write_items, TransactItems=[
+            region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])

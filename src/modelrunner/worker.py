@@ -222,7 +222,6 @@ class Worker:
             elif "end_time" not in job:
                 process_region(self.services, region, job=job, abort=self.abort)
                 if not maybe_complete(self.services, region.image_id):
-                    self.heartbeat.release(message["ReceiptHandle"])
                     return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
             log.warning("stopping: region %s handed back", region.region_id)
@@ -231,6 +230,8 @@ class Worker:
         except Exception:
             log.exception("region %s could not be processed; its message returns after the visibility timeout",
                           region.region_id)
-            self.heartbeat.release(message["ReceiptHandle"])
             return
+        finally:
+            # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
+            self.heartbeat.release(message["ReceiptHandle"])
         self._delete(queue, message)

@@ -30,6 +30,22 @@ def request():
                                    "outputs": [{"type": "S3", "bucket": "b", "prefix": ""}]})
 
 
+ONE_TILE_DONE = {"start_ms": 0, "succeeded": [[[0, 0], [512, 512]]], "failed": [], "total": 1, "message": None,
+                 "feature_count": 1}
+
+
+def started_job(jobs, regions, *bounds):
+    """A job with one planned, started region per bounds."""
+    req = request()
+    jobs.create(req)
+    jobs.update(req.image_id, {"region_count": len(bounds)})
+    started = [RegionRequest.for_image(req, b) for b in bounds]
+    for i, r in enumerate(started):
+        regions.plan(r, i, 1)
+        regions.start(r, "w")
+    return req, started
+
+
 def test_job_is_created_once_and_ended_once(stores):
     jobs, _, _ = stores
     req = request()
@@ -46,16 +62,8 @@ def test_job_is_created_once_and_ended_once(stores):
 
 def test_regions_count_once_and_exactly_one_worker_completes(stores):
     jobs, regions, _ = stores
-    req = request()
-    jobs.create(req)
-    jobs.update(req.image_id, {"region_count": 2})
-    r1 = RegionRequest.for_image(req, ((0, 0), (512, 512)))
-    r2 = RegionRequest.for_image(req, ((0, 400), (512, 512)))
-    for i, r in enumerate((r1, r2)):
-        regions.plan(r, i, 1)
-        regions.start(r, "w")
-    kwargs = {"start_ms": 0, "succeeded": [[[0, 0], [512, 512]]], "failed": [], "total": 1, "message": None,
-              "feature_count": 3}
+    req, (r1, r2) = started_job(jobs, regions, ((0, 0), (512, 512)), ((0, 400), (512, 512)))
+    kwargs = {**ONE_TILE_DONE, "feature_count": 3}
     assert regions.finish(jobs, req.image_id, r1.region_id, "SUCCESS", **kwargs) is True
     assert regions.finish(jobs, req.image_id, r1.region_id, "SUCCESS", **kwargs) is False, "redelivery"
     assert jobs.claim_completion(req.image_id, "w1", 60) is False, "one region still open"
@@ -110,16 +118,10 @@ def test_status_messages_are_the_references():
 
 def test_a_region_finished_meanwhile_is_not_reopened_nor_counted_twice(stores):
     jobs, regions, _ = stores
-    req = request()
-    jobs.create(req)
-    jobs.update(req.image_id, {"region_count": 2})
-    region = RegionRequest.for_image(req, ((0, 0), (512, 512)))
-    regions.plan(region, 0, 1)
-    regions.start(region, "a")
+    req, (region, _) = started_job(jobs, regions, ((0, 0), (512, 512)), ((0, 400), (512, 512)))
     # Worker b read the row while it was STARTED (a duplicate delivery); worker a then finishes it.
     stale = regions.get(req.image_id, region.region_id)
-    kwargs = {"start_ms": 0, "succeeded": [[[0, 0], [512, 512]]], "failed": [], "total": 1, "message": None,
-              "feature_count": 1}
+    kwargs = ONE_TILE_DONE
     assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **kwargs)
     original_get = regions.get
     reads = iter([stale])  # b's first read happened before a's finish

@@ -8,6 +8,8 @@ message; what it holds is finished if it can be within ``stop_timeout``, else ha
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import signal
@@ -149,6 +151,8 @@ class Worker:
         except Exception:  # the worker keeps serving whatever one message did
             log.exception("error while polling or handling a message")
             time.sleep(1)
+        finally:
+            _return_free_memory()
         return False
 
     def _delete(self, queue_url: str, message: dict[str, Any]) -> None:
@@ -168,6 +172,7 @@ class Worker:
             first, job = start_image(self.services, request)
             if first is not None:
                 process_region(self.services, first, job=job, abort=self.abort)
+                _return_free_memory()  # the region's tiles are gone; the completion needs room
                 if not maybe_complete(self.services, request.image_id):
                     return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
@@ -221,6 +226,7 @@ class Worker:
                 log.error("region %s belongs to no known job: dropped", region.region_id)
             elif "end_time" not in job:
                 process_region(self.services, region, job=job, abort=self.abort)
+                _return_free_memory()  # the region's tiles are gone; the completion needs room
                 if not maybe_complete(self.services, region.image_id):
                     return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
@@ -235,3 +241,20 @@ class Worker:
             # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
             self.heartbeat.release(message["ReceiptHandle"])
         self._delete(queue, message)
+
+
+def _return_free_memory() -> None:
+    """Hand the heap's free pages back to the system after a message (glibc only): a region's tiles and a
+    job's texts leave the heap fragmented, and a long-running worker's resident size should not keep the
+    high-water mark of its biggest job."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 
+import numpy as np
 import pytest
 
 from modelrunner.features.convert import box_polygon
 from modelrunner.features.merge import distill
-from modelrunner.features.seams import FeatureSet
+from modelrunner.features.seams import FeatureSet, PackedFeatureSet, merge_seams
 from modelrunner.requests import DistillationOption
 from modelrunner.runner.complete import merge_regions
 
@@ -41,7 +43,7 @@ def region_results(seed: int) -> tuple[list[dict], dict[str, FeatureSet]]:
         region_id = f"r{index}"
         rows.append({"region_id": region_id, "region_index": index,
                      "region_bounds": [[row, col], [1000, 1000]]})
-        results[region_id] = FeatureSet.from_bytes(FeatureSet.of(kept).to_bytes())
+        results[region_id] = PackedFeatureSet.pack(FeatureSet.of(kept), 5000)
     return rows, results
 
 
@@ -51,7 +53,7 @@ def test_seam_merge_equals_a_merge_of_everything(seed):
     option = DistillationOption(iou_threshold=0.3)
     everything = [f for r in rows for f in results[r["region_id"]].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
-    merged = merge_regions(rows, results, option).texts
+    merged = list(merge_regions(rows, results, option))
     got = sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged)
     assert got == expected
     assert len(merged) < len(everything), "the seams held duplicates"
@@ -62,7 +64,7 @@ def test_soft_nms_runs_once_over_every_feature():
     option = DistillationOption(algorithm_type="SOFT_NMS", iou_threshold=0.3)
     everything = [f for r in rows for f in results[r["region_id"]].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
-    merged = merge_regions(rows, results, option).texts
+    merged = list(merge_regions(rows, results, option))
     assert sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged) == expected
 
 
@@ -75,8 +77,8 @@ def test_features_a_seam_merge_changes_are_relocated():
         feature["geometry"] = {"type": "Point", "coordinates": [0.0, 0.0, 0.0]}
         return feature
 
-    merged = merge_regions(rows, results, DistillationOption(algorithm_type="NMM", iou_threshold=0.3),
-                           relocate).features()
+    merged = [json.loads(text) for text in merge_regions(
+        rows, results, DistillationOption(algorithm_type="NMM", iou_threshold=0.3), relocate)]
     assert relocated, "NMM grew some boxes across the seams"
     changed = [f for f in merged if f["id"] in relocated]
     assert changed and all(f["geometry"]["type"] == "Point" for f in changed)
@@ -85,7 +87,52 @@ def test_features_a_seam_merge_changes_are_relocated():
 def test_output_order_does_not_depend_on_the_order_parts_finished_in():
     rows, results = region_results(11)
     option = DistillationOption(iou_threshold=0.3)
-    first = merge_regions(rows, results, option).texts
+    first = list(merge_regions(rows, results, option))
     shuffled = list(rows)
     random.Random(2).shuffle(shuffled)
-    assert merge_regions(shuffled, results, option).texts == first
+    assert list(merge_regions(shuffled, results, option)) == first
+
+
+def _text_set(n: int, width: int = 300) -> FeatureSet:
+    features = [box_feature(i, i % 97 * 10, i // 97 * 10, 8, 8, round(0.5 + (i % 7) / 20, 2), "ab"[i % 2])
+                for i in range(n)]
+    for i, feature in enumerate(features):
+        feature["properties"]["note"] = "é" * (i % 5) + "x" * (width * (i % 3))  # some texts span chunks
+    return FeatureSet.of(features)
+
+
+@pytest.mark.parametrize(("count", "chunk_bytes"), [(0, 1000), (1, 50), (700, 997), (5000, 350_000)])
+def test_packed_sets_keep_columns_and_texts(count, chunk_bytes):
+    original = _text_set(count)
+    packed = PackedFeatureSet.pack(original, chunk_bytes)
+    assert all(len(chunk) <= chunk_bytes for chunk in packed.chunks)
+    assert len(packed.chunks) >= 1
+    read = PackedFeatureSet(packed.chunks)  # as the completion reads them back: columns only
+    assert len(read) == count
+    assert (read.boxes == original.boxes).all() and (read.scores == original.scores).all()
+    assert read.labels == original.labels and (read.is_box == original.is_box).all()
+    assert list(read.texts()) == original.texts
+    assert list(read.texts()) == original.texts, "iterable again"
+    assert FeatureSet.from_bytes(zlib.decompress(b"".join(packed.chunks))).texts == original.texts
+    if count:
+        mask = np.arange(count) % 3 == 1
+        assert read.take(mask).texts == original.take(mask).texts
+        assert read.take(np.array([count - 1, 0])).texts == original.take(np.array([count - 1, 0])).texts
+
+
+@pytest.mark.parametrize("algorithm", ["NMS", "SOFT_NMS", "NMM"])
+def test_streamed_job_features_are_the_in_memory_merge(algorithm):
+    rows, results = region_results(5)
+    option = DistillationOption(algorithm_type=algorithm, iou_threshold=0.3)
+    in_memory = [(w, FeatureSet.from_bytes(zlib.decompress(b"".join(p.chunks)))) for w, p in _windows(rows, results)]
+    expected = merge_seams(in_memory, option).texts
+    streamed = merge_regions(rows, results, option)
+    assert len(streamed) == len(expected)
+    assert list(streamed) == expected
+    assert list(streamed) == expected, "each output streams it again"
+
+
+def _windows(rows, results):
+    for row in rows:
+        (top, left), (width, height) = row["region_bounds"]
+        yield (float(left), float(top), float(left + width), float(top + height)), results[row["region_id"]]

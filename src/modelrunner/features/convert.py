@@ -49,6 +49,8 @@ def _check_geometry(geometry: Any, where: str) -> None:
 
 
 def _positions(coords: Any) -> list[tuple[float, float]]:
+    if not isinstance(coords, list | tuple):  # a string would otherwise nest forever
+        raise ValueError("not an array")
     if coords and isinstance(coords[0], int | float):
         x, y = float(coords[0]), float(coords[1])
         if not (math.isfinite(x) and math.isfinite(y)):
@@ -238,10 +240,18 @@ def _geolocate_rings(features: Sequence[Feature], to_world: ToWorld | None) -> N
     """:func:`geolocate` for single-ring 5-position polygons, vectorised over the features (the hot path:
     box detectors return hundreds per tile). Same results as the general path: vertices rounded to 6
     decimals first, area centroid, bbox from the imageBBox corners."""
-    rings = np.round(np.array([f["properties"]["imageGeometry"]["coordinates"][0] for f in features],
-                              dtype=np.float64), 6)
-    ring_lists = rings.tolist()
-    for feature, ring in zip(features, ring_lists, strict=True):
+    rings = np.array([f["properties"]["imageGeometry"]["coordinates"][0] for f in features], dtype=np.float64)
+    has_bbox = [("imageBBox" in f["properties"]) for f in features]
+    bboxes = np.array([f["properties"].get("imageBBox") or (0, 0, 0, 0) for f in features], dtype=np.float64)
+    _place_rings(features, rings, bboxes, has_bbox, to_world)
+
+
+def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndarray, has_bbox: Sequence[bool],
+                 to_world: ToWorld | None) -> None:
+    """Round the (n, 5, 2) full-image rings into each feature's ``imageGeometry`` and, with a sensor model,
+    fill ``geometry``, ``bbox`` (from the (n, 4) ``bboxes`` where ``has_bbox``) and the centre lon/lat."""
+    rings = np.round(rings, 6)
+    for feature, ring in zip(features, rings.tolist(), strict=True):
         props = feature["properties"]
         props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[ring])
     if to_world is None:
@@ -254,8 +264,6 @@ def _geolocate_rings(features: Sequence[Feature], to_world: ToWorld | None) -> N
     safe = np.where(flat, 1.0, 6 * area)
     cx = np.where(flat, (x.min(axis=1) + x.max(axis=1)) / 2, ((x[:, :-1] + x[:, 1:]) * cross).sum(axis=1) / safe)
     cy = np.where(flat, (y.min(axis=1) + y.max(axis=1)) / 2, ((y[:, :-1] + y[:, 1:]) * cross).sum(axis=1) / safe)
-    has_bbox = [("imageBBox" in f["properties"]) for f in features]
-    bboxes = np.array([f["properties"].get("imageBBox") or (0, 0, 0, 0) for f in features], dtype=np.float64)
     corners = bboxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2)
     points = np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)])
     world = to_world(points)
@@ -270,6 +278,73 @@ def _geolocate_rings(features: Sequence[Feature], to_world: ToWorld | None) -> N
         if has_bbox[i]:
             feature["bbox"] = [lon_min[i], lat_min[i], lon_max[i], lat_max[i]]
         props["center_longitude"], props["center_latitude"] = centres[i]
+
+
+def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:
+    """:func:`to_image_features` then :func:`geolocate`, with the same results, in one pass for what box
+    detectors send (a 5-position 2-D ring in ``imageGeometry``, an optional 4-number ``imageBBox``): those
+    are moved, checked and geolocated as arrays; any other feature takes the general path."""
+    if not isinstance(collection, Mapping) or not isinstance(collection.get("features") or [], list):
+        return _place_slowly(collection, col, row, to_world)
+    raw = collection.get("features") or []
+    rings: list[Any] = []
+    bboxes: list[Any] = []
+    for source in raw:
+        try:
+            props = source["properties"]
+            geometry = props["imageGeometry"]
+            (ring,) = geometry["coordinates"]
+            bbox = props.get("imageBBox", _NO_BBOX)
+            if (geometry["type"] != "Polygon" or type(props) is not dict or type(source) is not dict
+                    or len(ring) != 5 or any(len(p) != 2 for p in ring) or len(bbox) != 4
+                    or not isinstance(bbox, list | tuple)):
+                return _place_slowly(collection, col, row, to_world)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return _place_slowly(collection, col, row, to_world)
+        rings.append(ring)
+        bboxes.append(bbox)
+    if not raw:
+        return []
+    try:
+        ring_array = np.array(rings, dtype=np.float64)
+        bbox_array = np.array(bboxes, dtype=np.float64)
+    except (TypeError, ValueError):  # strings, booleans or nulls among the numbers: the general path says where
+        return _place_slowly(collection, col, row, to_world)
+    if (not np.isfinite(ring_array).all() or _has_non_numbers(rings)
+            or any(b is not _NO_BBOX and not all(type(v) in (int, float) for v in b) for b in bboxes)):
+        return _place_slowly(collection, col, row, to_world)
+    ring_array += (col, row)
+    bbox_array += (col, row, col, row)
+    shifted_bboxes = bbox_array.tolist()
+    out: list[Feature] = []
+    has_bbox: list[bool] = []
+    for i, source in enumerate(raw):
+        feature = dict(source)
+        feature.setdefault("type", "Feature")
+        props = feature["properties"] = dict(source["properties"])
+        if bboxes[i] is not _NO_BBOX:
+            props["imageBBox"] = shifted_bboxes[i]
+            has_bbox.append(True)
+        else:
+            has_bbox.append(False)
+        _classes(props, f"feature {i}")
+        out.append(feature)
+    _place_rings(out, ring_array, bbox_array, has_bbox, to_world)
+    return out
+
+
+_NO_BBOX = (0.0, 0.0, 0.0, 0.0)  # stands in for a missing imageBBox (never one a model sent: a fresh tuple)
+
+
+def _has_non_numbers(rings: list[Any]) -> bool:
+    """True when a ring holds anything but ints and floats (booleans convert to numbers in numpy)."""
+    return any(type(v) not in (int, float) for ring in rings for p in ring for v in p)
+
+
+def _place_slowly(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:
+    features = to_image_features(collection, col, row)
+    geolocate(features, to_world)
+    return features
 
 
 def _centroid(props: Mapping[str, Any]) -> tuple[float, float]:

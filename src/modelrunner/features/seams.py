@@ -13,11 +13,13 @@ the job level merges everything once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 from ..requests import DistillationOption
 from .merge import Relocate, box_columns, distill, nms_indices
@@ -68,6 +70,9 @@ class FeatureSet:
         return [json.loads(t) for t in self.texts]
 
     def to_bytes(self) -> bytes:
+        return self._head() + "\n".join(self.texts).encode()
+
+    def _head(self) -> bytes:
         # GeoJSON text from json.dumps never holds a raw newline, so newlines separate the features.
         names = sorted(set(self.labels))
         code = {name: i for i, name in enumerate(names)}
@@ -75,30 +80,177 @@ class FeatureSet:
         return b"".join([
             n.to_bytes(8, "little"), self.boxes.astype("<f8").tobytes(), self.scores.astype("<f8").tobytes(),
             self.is_box.astype(np.uint8).tobytes(), np.array([code[lb] for lb in self.labels], dtype="<u4").tobytes(),
-            json.dumps(names).encode(), b"\n", "\n".join(self.texts).encode()])
+            json.dumps(names).encode(), b"\n"])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureSet:
-        n = int.from_bytes(data[:8], "little")
-        at = 8
-        boxes = np.frombuffer(data, dtype="<f8", count=4 * n, offset=at).reshape(n, 4)
-        at += 32 * n
-        scores = np.frombuffer(data, dtype="<f8", count=n, offset=at)
-        at += 8 * n
-        is_box = np.frombuffer(data, dtype=np.uint8, count=n, offset=at).astype(bool)
-        at += n
-        codes = np.frombuffer(data, dtype="<u4", count=n, offset=at)
-        at += 4 * n
-        end = data.index(b"\n", at)
-        names = json.loads(data[at:end])
-        texts = data[end + 1:].decode().split("\n") if n else []
-        return cls(texts, boxes, scores, [names[c] for c in codes.tolist()], is_box)
+        columns, start = _columns(data)
+        if columns is None:
+            raise ValueError("truncated FeatureSet bytes")
+        texts = data[start:].decode().split("\n") if len(columns[1]) else []
+        return cls(texts, *columns)
+
+
+Columns = tuple[np.ndarray, np.ndarray, list[str], np.ndarray]  # boxes, scores, labels, is_box
+
+
+def _columns(data: bytes) -> tuple[Columns | None, int]:
+    """The columns at the start of :meth:`FeatureSet.to_bytes` and where the texts begin; (None, 0) when
+    ``data`` does not hold all of them yet."""
+    if len(data) < 8:
+        return None, 0
+    n = int.from_bytes(data[:8], "little")
+    at = 8 + 45 * n
+    end = data.find(b"\n", at)
+    if end < 0:
+        return None, 0
+    boxes = np.frombuffer(data, dtype="<f8", count=4 * n, offset=8).reshape(n, 4)
+    scores = np.frombuffer(data, dtype="<f8", count=n, offset=8 + 32 * n)
+    is_box = np.frombuffer(data, dtype=np.uint8, count=n, offset=8 + 40 * n).astype(bool)
+    codes = np.frombuffer(data, dtype="<u4", count=n, offset=8 + 41 * n)
+    names = json.loads(data[at:end])
+    return (boxes, scores, [names[c] for c in codes.tolist()], is_box), end + 1
+
+
+_INFLATE_STEP = 1 << 20  # bytes of decompressed text handled at a time
+
+
+class PackedFeatureSet:
+    """A stored :class:`FeatureSet` (the zlib stream of :meth:`FeatureSet.to_bytes`, in chunks) whose columns
+    are read and whose texts stay compressed until they are iterated.
+
+    The job's completion holds every region's result this way: a merge reads only columns and the few texts
+    near region seams, and the outputs stream the rest, so a job's features are never all in memory as text.
+    """
+
+    def __init__(self, chunks: Sequence[bytes], columns: Columns | None = None, text_start: int = 0) -> None:
+        self.chunks = list(chunks)
+        self._text_start = text_start
+        if columns is None:
+            head = b""
+            for piece in self._inflate():
+                head += piece
+                columns, self._text_start = _columns(head)
+                if columns is not None:
+                    break
+        if columns is None:
+            raise ValueError("truncated FeatureSet stream")
+        self.boxes, self.scores, self.labels, self.is_box = columns
+
+    @classmethod
+    def pack(cls, features: FeatureSet, chunk_bytes: int) -> PackedFeatureSet:
+        """Compress a set into chunks of at most ``chunk_bytes``, a thousand texts at a time (never one
+        copy of all of them)."""
+        deflater = zlib.compressobj(1)
+        chunks: list[bytes] = []
+        pending = bytearray()
+
+        def emit(data: bytes) -> None:
+            pending.extend(data)
+            while len(pending) >= chunk_bytes:
+                chunks.append(bytes(pending[:chunk_bytes]))
+                del pending[:chunk_bytes]
+
+        head = features._head()
+        emit(deflater.compress(head))
+        texts = features.texts
+        for start in range(0, len(texts), 1000):
+            emit(deflater.compress((("\n" if start else "") + "\n".join(texts[start:start + 1000])).encode()))
+        emit(deflater.flush())
+        if pending or not chunks:
+            chunks.append(bytes(pending))
+        columns = (features.boxes, features.scores, features.labels, features.is_box)
+        return cls(chunks, columns, len(head))
+
+    def features(self) -> list[dict[str, Any]]:
+        return [json.loads(t) for t in self.texts()]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def _inflate(self) -> Iterator[bytes]:
+        inflater = zlib.decompressobj()
+        for chunk in self.chunks:
+            data = chunk
+            while data:
+                piece = inflater.decompress(data, _INFLATE_STEP)
+                data = inflater.unconsumed_tail
+                if piece:
+                    yield piece
+        rest = inflater.flush()
+        if rest:
+            yield rest
+
+    def texts(self) -> Iterator[str]:
+        """Every text, in order, decompressed a piece at a time."""
+        if not len(self):
+            return
+        skip = self._text_start
+        partial = b""
+        for piece in self._inflate():
+            if skip:
+                if len(piece) <= skip:
+                    skip -= len(piece)
+                    continue
+                piece, skip = piece[skip:], 0
+            lines = (partial + piece).split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                yield line.decode()
+        yield partial.decode()
+
+    def texts_where(self, mask: np.ndarray) -> Iterator[str]:
+        """The texts whose ``mask`` entry is true, in order."""
+        if not mask.any():
+            return
+        keep = mask.tolist()
+        for text, wanted in zip(self.texts(), keep, strict=True):
+            if wanted:
+                yield text
+
+    def take(self, mask_or_index: np.ndarray) -> FeatureSet:
+        """:meth:`FeatureSet.take`: a boolean mask, or indices (in their order, repeats allowed)."""
+        if mask_or_index.dtype == bool:
+            index = np.flatnonzero(mask_or_index)
+            texts = list(self.texts_where(mask_or_index)) if len(index) else []
+        else:
+            index = np.asarray(mask_or_index, dtype=np.int64)
+            wanted = np.zeros(len(self), dtype=bool)
+            wanted[index] = True
+            picked = dict(zip(np.flatnonzero(wanted).tolist(), self.texts_where(wanted), strict=True))
+            texts = [picked[i] for i in index.tolist()]
+        return FeatureSet(texts, self.boxes[index], self.scores[index], [self.labels[i] for i in index.tolist()],
+                          self.is_box[index])
+
+
+class JobFeatures:
+    """The job's merged features as GeoJSON texts, streamed from the regions' packed results: the features
+    no region seam touched, region by region, then the merged seam features. Sized, and iterable any number
+    of times (each output streams it on its own)."""
+
+    def __init__(self, kept: Sequence[tuple[PackedFeatureSet, np.ndarray]], seams: FeatureSet) -> None:
+        self.kept = list(kept)
+        self.seams = seams
+        self._count = sum(int(mask.sum()) for _, mask in self.kept) + len(seams)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        for part, mask in self.kept:
+            if mask.any():
+                yield from part.texts_where(mask)
+        yield from self.seams.texts
 
 
 def feature_text(feature: dict[str, Any]) -> str:
-    """A feature's GeoJSON text: exactly ``json.dumps``, a third faster without its cycle check (features
-    are trees: parsed JSON or built by us)."""
-    return json.dumps(feature, check_circular=False)
+    """A feature's GeoJSON text, compact (orjson: several times faster than ``json``, and it writes
+    standard JSON where ``json`` would write ``NaN``). What orjson refuses (integers beyond 64 bits,
+    non-string keys) is written by ``json``."""
+    try:
+        return orjson.dumps(feature).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(feature, check_circular=False)
 
 
 def _reaching(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
@@ -116,18 +268,41 @@ def merge_seams(parts: Sequence[tuple[Window, FeatureSet]], option: Distillation
     ``final`` False (a lower level) with SOFT_NMS only concatenates: the job level decays once. With NMS
     and only boxes near the seams, the merge runs on the stored columns and no feature is parsed.
     """
-    # Row-major by window, whatever order the parts finished in: the output order is deterministic too.
-    parts = sorted(parts, key=lambda part: (part[0][1], part[0][0], part[0][3], part[0][2]))
+    parts = _by_window(parts)
     if option.algorithm_type == "SOFT_NMS" and not final:
         return FeatureSet.concat([part for _, part in parts])
+    near, merged = _merge_near(parts, option, relocate)
+    return FeatureSet.concat([*(part.take(~mask) for (_, part), mask in zip(parts, near, strict=True)), merged])
+
+
+def merge_packed(parts: Sequence[tuple[Window, PackedFeatureSet]], option: DistillationOption,
+                 relocate: Relocate | None = None) -> JobFeatures:
+    """:func:`merge_seams` (final) over stored region results: the same features, in the same order, with
+    only the texts near the seams decompressed here; the rest stream to the outputs."""
+    parts = _by_window(parts)
+    near, merged = _merge_near(parts, option, relocate)
+    return JobFeatures([(part, ~mask) for (_, part), mask in zip(parts, near, strict=True)], merged)
+
+
+PartT = TypeVar("PartT", FeatureSet, PackedFeatureSet)
+
+
+def _by_window(parts: Sequence[tuple[Window, PartT]]) -> list[tuple[Window, PartT]]:
+    """Row-major by window, whatever order the parts finished in: the output order is deterministic too."""
+    return sorted(parts, key=lambda part: (part[0][1], part[0][0], part[0][3], part[0][2]))
+
+
+def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], option: DistillationOption,
+                relocate: Relocate | None) -> tuple[list[np.ndarray], FeatureSet]:
+    """Which features of each part reach into another part's window, and those features merged."""
     windows = np.array([window for window, _ in parts], dtype=float).reshape(-1, 4)
-    untouched: list[FeatureSet] = []
+    near_masks: list[np.ndarray] = []
     seam: list[FeatureSet] = []
     for i, (_, part) in enumerate(parts):
-        if not len(part):
-            continue
         if option.algorithm_type == "SOFT_NMS":
             near = np.ones(len(part), dtype=bool)
+        elif not len(part):
+            near = np.zeros(0, dtype=bool)
         else:
             finite = np.isfinite(part.boxes).all(axis=1)
             bounds = part.boxes[finite]
@@ -138,16 +313,30 @@ def merge_seams(parts: Sequence[tuple[Window, FeatureSet]], option: Distillation
                 close = (windows[:, 0] < x1) & (windows[:, 2] > x0) & (windows[:, 1] < y1) & (windows[:, 3] > y0)
             close[i] = False
             near = _reaching(part.boxes, windows[close]) & finite
-        untouched.append(part.take(~near))
-        seam.append(part.take(near))
-    candidates = FeatureSet.concat(seam)
+        near_masks.append(near)
+        if near.any():
+            seam.append(part.take(near))
+    return near_masks, merge_set(FeatureSet.concat(seam), option, relocate)
+
+
+def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relocate | None = None,
+              features: Sequence[dict[str, Any]] | None = None) -> FeatureSet:
+    """Merge every feature of one set with every other (:func:`~.merge.distill`'s selection).
+
+    With NMS and boxes only, the merge runs on the stored columns and nothing is parsed; otherwise the
+    features (``features`` when the caller has them, else parsed from the texts) go through ``distill``.
+    """
     if not len(candidates):
-        return FeatureSet.concat(untouched)
+        return candidates
     if option.algorithm_type == "NMS" and candidates.is_box.all():
         # Ties beyond score, box and label are broken by the text, never by arrival order.
         by_text = np.argsort(np.array(candidates.texts, dtype=object), kind="stable")
         ordered = candidates.take(by_text)
         labels = None if option.class_agnostic else np.unique(ordered.labels, return_inverse=True)[1]
         kept = nms_indices(ordered.boxes, ordered.scores, labels, option.iou_threshold, option.match_metric)
-        return FeatureSet.concat([*untouched, ordered.take(np.sort(kept))])
-    return FeatureSet.concat([*untouched, FeatureSet.of(distill(candidates.features(), option, relocate))])
+        return ordered.take(np.sort(kept))
+    if features is None:
+        return FeatureSet.of(distill(candidates.features(), option, relocate))
+    text_of = {id(f): t for f, t in zip(features, candidates.texts, strict=True)}
+    kept = distill(features, option, relocate)
+    return FeatureSet.of(kept, [text_of.get(id(f)) or feature_text(f) for f in kept])

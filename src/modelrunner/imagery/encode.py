@@ -84,20 +84,24 @@ def encode_tile(pixels: np.ndarray, tile_format: str, compression: str,
     bands, height, width = pixels.shape
     data_type = gdal_array.NumericTypeCodeToGDALTypeCode(pixels.dtype)
     options = creation_options(tile_format, compression, data_type)
-    mem = gdal.GetDriverByName("MEM").Create("", width, height, bands, data_type)
-    for i in range(bands):
-        mem.GetRasterBand(i + 1).WriteArray(pixels[i])
-    if georef is not None and georef.kind != "NONE":
-        if tile_format == "GTIFF":
-            _set_georeference(mem, georef)
-        elif tile_format == "NITF":
-            options += _nitf_georeference(mem, georef, width, height)
+    georef = georef if georef is not None and georef.kind != "NONE" else None
     path = f"/vsimem/tile-{uuid.uuid4().hex}.{_EXT[tile_format]}"
     try:
-        driver = gdal.GetDriverByName(DRIVERS[tile_format])
-        out = driver.CreateCopy(path, mem, strict=0, options=options)
-        if out is None:
-            raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile")
+        if tile_format == "GTIFF":  # GTiff writes as it is given pixels: no in-memory copy to translate
+            out = gdal.GetDriverByName("GTiff").Create(path, width, height, bands, data_type, options=options)
+            if out is None:
+                raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile")
+            if georef is not None:
+                _set_georeference(out, georef)
+            write_pixels(out, pixels)
+        else:  # these drivers only write by copying a whole dataset
+            mem = gdal.GetDriverByName("MEM").Create("", width, height, bands, data_type)
+            write_pixels(mem, pixels)
+            if georef is not None and tile_format == "NITF":
+                options += _nitf_georeference(mem, georef, width, height)
+            out = gdal.GetDriverByName(DRIVERS[tile_format]).CreateCopy(path, mem, strict=0, options=options)
+            if out is None:
+                raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile")
         out = None  # flush
         return read_vsimem(path)
     except RuntimeError as err:
@@ -106,6 +110,23 @@ def encode_tile(pixels: np.ndarray, tile_format: str, compression: str,
         for leftover in (path, path + ".aux.xml"):
             with contextlib.suppress(RuntimeError):
                 gdal.Unlink(leftover)
+
+
+def write_pixels(dataset: gdal.Dataset, pixels: np.ndarray) -> None:
+    """Write (bands, h, w) pixels in one call, band-sequential or band-interleaved-by-pixel in memory
+    (either goes to GDAL as it lies; anything else is copied band-sequential first)."""
+    bands, height, width = pixels.shape
+    data_type = gdal_array.NumericTypeCodeToGDALTypeCode(pixels.dtype)
+    item = pixels.itemsize
+    by_pixel = pixels.transpose(1, 2, 0)
+    if by_pixel.flags.c_contiguous:
+        buffer, spacing = by_pixel, (bands * item, width * bands * item, item)
+    else:
+        buffer = np.ascontiguousarray(pixels)
+        spacing = (item, width * item, width * height * item)
+    dataset.WriteRaster(0, 0, width, height, memoryview(buffer).cast("B"), buf_xsize=width, buf_ysize=height,
+                        buf_type=data_type, band_list=list(range(1, bands + 1)), buf_pixel_space=spacing[0],
+                        buf_line_space=spacing[1], buf_band_space=spacing[2])
 
 
 def _set_georeference(dataset: gdal.Dataset, georef: Georeference) -> None:

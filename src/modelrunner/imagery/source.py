@@ -20,14 +20,14 @@ from ..errors import ImageError
 # VSI cache and 75 % block cache grow with the image).
 GDAL_OPTIONS: dict[str, str] = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_CACHEMAX": "48",
+    "GDAL_CACHEMAX": "32",  # MB: two block rows of a 10240-pixel region of 8-bit RGB
     "GDAL_NUM_THREADS": "1",
     "GDAL_GCPS_TO_GEOTRANSFORM_APPROX_OK": "YES",
     "GDAL_MAX_DATASET_POOL_SIZE": "1000",
     "VSI_CACHE": "NO",  # /vsis3/ keeps its own cache (CPL_VSIL_CURL_CACHE_SIZE): one layer is enough
     "VSI_CACHE_SIZE": str(32 * 1024 * 1024),
     "CPL_VSIL_CURL_CHUNK_SIZE": str(2 * 1024 * 1024),
-    "CPL_VSIL_CURL_CACHE_SIZE": str(32 * 1024 * 1024),
+    "CPL_VSIL_CURL_CACHE_SIZE": str(16 * 1024 * 1024),
     "USE_TILE_AS_BLOCK": "YES",
     "BIGTIFF_OVERVIEW": "YES",
     "GDAL_PAM_ENABLED": "NO",

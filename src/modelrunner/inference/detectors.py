@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import orjson
 import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -34,12 +35,28 @@ class Detector(Protocol):
 
 def _parse(body: bytes, source: str) -> dict[str, Any]:
     try:
-        answer = json.loads(body)
+        answer = _loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise InferenceError(f"{source} answered with something that is not JSON: {err}") from None
     if not isinstance(answer, dict):
         raise InferenceError(f"{source} answered with JSON that is not an object")
     return answer
+
+
+def _loads(body: bytes) -> Any:
+    """orjson (several times faster on big answers), except where it would differ from ``json``: it reads
+    integers beyond 64 bits as floats (so a body with a run of 19+ digits goes to ``json``) and refuses
+    ``NaN`` (read by ``json``, whose error is the one reported for what neither reads)."""
+    if isinstance(body, bytes | bytearray) and body.translate(_DIGITS).find(_LONG_RUN) >= 0:
+        return json.loads(body)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
+_DIGITS = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))  # digits -> "0"
+_LONG_RUN = b"0" * 19  # 19 digits can exceed a signed 64-bit integer
 
 
 class SageMakerDetector:

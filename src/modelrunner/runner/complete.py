@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import SinkError
-from ..features.seams import FeatureSet, merge_seams
+from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, set_read_credentials
 from ..requests import DistillationOption, ImageRequest, Output, S3Output
@@ -68,9 +68,11 @@ def complete(services: Services, image_id: str) -> str | None:
     finished = {r["region_id"]: (str(r.get("result_attempt", "")), int(r["result_chunks"]))
                 for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, finished)
-    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job)).texts
+    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job))
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
+    log.info("job %s: %d features from %d regions read and merged in %.2f s", request.job_id, len(merged),
+             len(finished), select_s)
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.
@@ -113,19 +115,24 @@ def complete(services: Services, image_id: str) -> str | None:
     return status
 
 
-KINESIS_CALLS_IN_FLIGHT = 1
+KINESIS_CALLS_IN_FLIGHT = 2
 """PutRecords calls sent at once. Every record's partition key is the job id, so all go to one shard:
 calls in parallel would only meet that shard's throughput limit sooner (the sink can do more than one)."""
 
 
 def _write_output(services: Services, job_id: str, output: Output,
-                  features: list[str]) -> tuple[SinkResult | None, str | None]:
+                  features: JobFeatures) -> tuple[SinkResult | None, str | None]:
     """Write one output; (its result, None), or (None, why nothing could be written)."""
     clients = services.aws.for_role(output.role)
+    started = time.monotonic()
     try:
         if isinstance(output, S3Output):
-            return write_s3(clients.s3, output, job_id, features), None
-        return write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT), None
+            result = write_s3(clients.s3, output, job_id, features)
+        else:
+            result = write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT)
+        log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, result.sink, result.features_written,
+                 time.monotonic() - started, result.features_failed)
+        return result, None
     except SinkError as err:
         return None, str(err)
     except Exception as err:  # an output we could not write is reported, never swallowed
@@ -133,15 +140,18 @@ def _write_output(services: Services, job_id: str, output: Output,
         return None, f"{output.to_dict()['type']} output failed: {err}"
 
 
-def merge_regions(rows: list[dict[str, Any]], results: dict[str, FeatureSet], option: DistillationOption,
-                  relocate: Relocate | None = None) -> FeatureSet:
-    """Merge every region's result across the region seams (see :mod:`~modelrunner.features.seams`)."""
+def merge_regions(rows: list[dict[str, Any]], results: dict[str, PackedFeatureSet], option: DistillationOption,
+                  relocate: Relocate | None = None) -> JobFeatures:
+    """Merge every region's result across the region seams (see :mod:`~modelrunner.features.seams`); the
+    features come out as texts streamed from the stored results."""
     parts = []
     for row in rows:
+        part = results.get(row["region_id"])
+        if part is None:  # a region that failed has no result
+            continue
         (top, left), (width, height) = row["region_bounds"]
-        parts.append(((float(left), float(top), float(left + width), float(top + height)),
-                      results.get(row["region_id"], FeatureSet.concat([]))))
-    return merge_seams(parts, option, relocate)
+        parts.append(((float(left), float(top), float(left + width), float(top + height)), part))
+    return merge_packed(parts, option, relocate)
 
 
 class _LazyRelocate:

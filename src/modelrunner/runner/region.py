@@ -17,15 +17,14 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from ..errors import ModelRunnerError
-from ..features.convert import Feature, finish, geolocate, image_shape, to_image_features
-from ..features.merge import distill
-from ..features.seams import FeatureSet, Window, feature_text, merge_seams
+from ..features.convert import Feature, finish, geolocate, image_shape, place_features, to_image_features
+from ..features.seams import FeatureSet, Window, feature_text, merge_seams, merge_set
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
-from ..inference.pool import bounded_map
+from ..inference.pool import BatchWriter, bounded_map, prefetch
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
 from .services import Services
@@ -160,48 +159,58 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                                   chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
             answer = detector(payload)
             inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            features = to_image_features(answer, tile.col, tile.row)
-            if plan.roi is not None:
+            if plan.roi is None:
+                features = place_features(answer, tile.col, tile.row, to_world)
+            else:
+                features = to_image_features(answer, tile.col, tile.row)
                 features = [f for f in features if plan.keeps_feature(image_shape(f["properties"]))]
-            geolocate(features, to_world)
+                geolocate(features, to_world)
             finish(features, job_id=job_id, inference_dt=inference_dt, feature_properties=feature_properties,
                    source_metadata=source_metadata)
             texts = [feature_text(f) for f in features]
+            tile_set = FeatureSet.of(features, texts)
             if soft:  # decayed once, at completion
-                return _TileResult(texts, FeatureSet.of(features, texts))
-            kept = distill(features, option, relocate)
-            text_of = {id(f): t for f, t in zip(features, texts, strict=True)}
-            return _TileResult(texts, FeatureSet.of(kept, [text_of.get(id(f)) or feature_text(f) for f in kept]))
+                return _TileResult(texts, tile_set)
+            return _TileResult(texts, merge_set(tile_set, option, relocate, features))
 
         parts: list[tuple[Window, FeatureSet]] = []
-        items: list[dict[str, Any]] = []
         raw_count = 0
         succeeded: list[Any] = []
         failed: list[Any] = []
         last_progress = time.monotonic()
-        with contextlib.closing(bounded_map(run, _strips(source, tiles_by_row), settings.workers)) as results:
-            for work, future in results:
-                if abort is not None and abort.is_set():
-                    raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
-                tile = work.tile
-                try:
-                    result = future.result()
-                except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
-                    log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
-                    failed.append(tile.key)
-                    continue
-                succeeded.append(tile.key)
-                raw_count += len(result.raw_texts)
-                items.extend(services.features.raw_items(region.image_id, region.region_id,
-                                                         f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}", result.raw_texts))
-                if len(items) >= 25:
-                    services.features.put_items(items)
-                    items = []
-                parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height), result.merged))
-                if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                    services.regions.progress(region.image_id, region.region_id, total, len(succeeded), len(failed))
-                    last_progress = time.monotonic()
-    services.features.put_items(items)
+        # Raw features go to the feature table from a background thread, and the next strip is read while
+        # the model works on this one: the loop below only hands out tiles and collects results.
+        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(services.features.put_items, 25)
+        tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
+        try:
+            with contextlib.closing(bounded_map(run, tiles, settings.workers)) as results:
+                for work, future in results:
+                    if abort is not None and abort.is_set():
+                        raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
+                    tile = work.tile
+                    try:
+                        result = future.result()
+                    except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
+                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
+                        failed.append(tile.key)
+                        continue
+                    succeeded.append(tile.key)
+                    raw_count += len(result.raw_texts)
+                    tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"
+                    raw_writer.add(services.features.raw_items(region.image_id, region.region_id, tile_id,
+                                                               result.raw_texts))
+                    parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height),
+                                  result.merged))
+                    if time.monotonic() - last_progress > PROGRESS_EVERY_S:
+                        services.regions.progress(region.image_id, region.region_id, total, len(succeeded),
+                                                  len(failed))
+                        last_progress = time.monotonic()
+        except BaseException:
+            tiles.close()
+            with contextlib.suppress(Exception):  # the error on the way out is the one to report
+                raw_writer.close()
+            raise
+        raw_writer.close()
     return merge_seams(parts, option, relocate, final=False), raw_count, total, succeeded, failed
 
 

@@ -5,8 +5,8 @@ Raw features are written as the reference writes them, because other tools count
 well under DynamoDB's 400 KB. Our keys are deterministic (derived from the region, tile and chunk), so a
 redelivered region overwrites its own items instead of adding duplicates.
 
-Region results are stored compactly: the region's merged features as their pixel boxes (a float64 array)
-followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
+Region results are stored compactly: the region's merged features as their columns (pixel boxes, scores,
+labels) followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
 ``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a whole job back is one
 paginated Query; the boxes let the completion find the few features near region seams without parsing the
 others, whose texts go to the outputs as they are.
@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..features.seams import FeatureSet
+from ..features.seams import FeatureSet, PackedFeatureSet
 from . import ddb
 
 SALTS = 50
@@ -83,8 +82,7 @@ class FeatureStore:
         Keys carry the attempt (worker and start time), and the region row records the attempt that
         finished it: a duplicate delivery that loses the race can never mix its chunks into the result.
         """
-        blob = zlib.compress(features.to_bytes(), 1)
-        chunks = [blob[i:i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
+        chunks = PackedFeatureSet.pack(features, CHUNK_BYTES).chunks
         expire = int(time.time()) + self.result_ttl_seconds
         ddb.batch_put(self.client, self.table, [
             {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{attempt}#{i:05d}",
@@ -93,8 +91,9 @@ class FeatureStore:
             for i, part in enumerate(chunks)])
         return len(chunks)
 
-    def region_results(self, image_id: str, finished: dict[str, tuple[str, int]]) -> dict[str, FeatureSet]:
-        """Every region's stored result, keyed by region id: the (attempt, chunk count) each row recorded."""
+    def region_results(self, image_id: str, finished: dict[str, tuple[str, int]]) -> dict[str, PackedFeatureSet]:
+        """Every region's stored result, keyed by region id: the (attempt, chunk count) each row recorded.
+        Texts stay compressed until they are iterated."""
         parts: dict[str, dict[int, bytes]] = {}
         for item in self._query(f"{image_id}-regions", raw=True):
             region_id = item["region_id"]["S"]
@@ -102,12 +101,12 @@ class FeatureStore:
             chunk = int(item["chunk"]["N"])
             if item.get("attempt", {}).get("S") == attempt and chunk < count:
                 parts.setdefault(region_id, {})[chunk] = item["blob"]["B"]
-        results: dict[str, FeatureSet] = {}
+        results: dict[str, PackedFeatureSet] = {}
         for region_id, (_, count) in finished.items():
             got = parts.get(region_id, {})
             if len(got) != count:
                 raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
-            results[region_id] = FeatureSet.from_bytes(zlib.decompress(b"".join(got[i] for i in range(count))))
+            results[region_id] = PackedFeatureSet([got[i] for i in range(count)])
         return results
 
     def _query(self, hash_key: str, raw: bool = False) -> Iterable[dict[str, Any]]:

@@ -123,10 +123,14 @@ class ImageSource:
             raise ImageError(f"image {url} has no raster data")
         return cls(url, dataset)
 
-    def read(self, col: int, row: int, width: int, height: int) -> np.ndarray:
-        """Pixels of a window as (bands, height, width), the image's own data type."""
+    def read(self, col: int, row: int, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Pixels of a window as (bands, height, width), the image's own data type; into ``out`` (an array of
+        that shape and type, reused by the caller) when given."""
         try:
-            array = self.dataset.ReadAsArray(col, row, width, height)
+            if out is not None:
+                array = self.dataset.ReadAsArray(col, row, width, height, buf_obj=out)
+            else:
+                array = self.dataset.ReadAsArray(col, row, width, height)
         except RuntimeError as err:
             raise ImageError(f"cannot read window col={col} row={row} {width}x{height} of {self.url}: {err}") from None
         if array is None:

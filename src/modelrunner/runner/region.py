@@ -55,11 +55,15 @@ class _TileWork:
 
 
 def _strips(source: ImageSource, tiles_by_row: list[list[Tile]]) -> Iterator[_TileWork]:
-    """Read one strip per tile row (one GDAL read), then slice the tiles out of it."""
+    """Read one strip per tile row (one GDAL read), then slice the tiles out of it (copies: the strip's
+    buffer is read into again for the next row, rather than a new one mapped and freed per row)."""
+    buffer: np.ndarray | None = None
     for row_tiles in tiles_by_row:
         first, last = row_tiles[0], row_tiles[-1]
         width = last.col + last.width - first.col
-        strip = source.read(first.col, first.row, width, first.height)
+        shape = (source.info.band_count, first.height, width)
+        reuse = buffer is not None and buffer.shape == shape
+        strip = buffer = source.read(first.col, first.row, width, first.height, out=buffer if reuse else None)
         for tile in row_tiles:
             offset = tile.col - first.col
             yield _TileWork(tile, np.ascontiguousarray(strip[:, :, offset:offset + tile.width]))

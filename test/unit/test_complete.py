@@ -136,3 +136,15 @@ def _windows(rows, results):
     for row in rows:
         (top, left), (width, height) = row["region_bounds"]
         yield (float(left), float(top), float(left + width), float(top + height)), results[row["region_id"]]
+
+
+def test_a_failed_region_without_result_changes_no_selection():
+    rows, results = region_results(4)
+    option = DistillationOption(iou_threshold=0.3)
+    missing = rows[1]["region_id"]
+    without = {k: v for k, v in results.items() if k != missing}
+    empty = dict(without, **{missing: PackedFeatureSet.pack(FeatureSet.empty(), 1000)})
+    assert sorted(merge_regions(rows, without, option)) == sorted(merge_regions(rows, empty, option))
+    everything = [f for r in rows if r["region_id"] != missing for f in results[r["region_id"]].features()]
+    expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
+    assert sorted(json.dumps(json.loads(t), sort_keys=True) for t in merge_regions(rows, without, option)) == expected

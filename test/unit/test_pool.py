@@ -55,6 +55,7 @@ def test_closing_prefetch_early_stops_its_thread():
     assert next(reader) == 0
     reader.close()
     assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+    assert stopped.is_set(), "the source iterator was closed"
 
 
 def test_prefetch_feeds_a_bounded_map():

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 
 import boto3
 import pytest
+from osgeo import gdal
 
 from modelrunner.aws import AwsClients
 from modelrunner.config import Settings
@@ -103,3 +106,54 @@ def test_duplicate_deliveries_change_nothing(world):
     body = boto3.client("s3").get_object(Bucket=res.bucket, Key="idem.geojson")["Body"].read()
     assert len(json.loads(body)["features"]) <= 12
     assert start_image(services, request)[0] is None, "a finished job is not started again"
+
+
+class PixelRecorder:
+    """Records, for every tile it is sent, where the tile's georeferencing puts it and whether its pixels
+    are the image's pixels there; slow enough that the strip reader runs ahead of it."""
+
+    name = "pixels"
+
+    def __init__(self, image_path: str):
+        self.image = gdal.Open(image_path)
+        self.origin = self.image.GetGeoTransform()
+        self.seen: list[tuple[int, int, bool]] = []
+        self.lock = threading.Lock()  # the tile threads share this dataset
+
+    def __call__(self, payload: bytes) -> dict:
+        time.sleep(0.02)
+        name = f"/vsimem/recorded-{threading.get_ident()}.tif"
+        gdal.FileFromMemBuffer(name, payload)
+        try:
+            tile = gdal.Open(name)
+            gt = tile.GetGeoTransform()
+            col = round((gt[0] - self.origin[0]) / self.origin[1])
+            row = round((gt[3] - self.origin[3]) / self.origin[5])
+            pixels = tile.ReadAsArray()
+            tile = None
+        finally:
+            gdal.Unlink(name)
+        with self.lock:
+            expected = self.image.ReadAsArray(col, row, pixels.shape[-1], pixels.shape[-2])
+        self.seen.append((col, row, bool((pixels == expected).all())))
+        return {"type": "FeatureCollection", "features": []}
+
+
+@pytest.mark.parametrize("width", [500, 512, 1300])
+def test_every_tile_carries_its_own_pixels(world, tmp_path, width):
+    services, _, _, _, res = world
+    scene = make_scene(str(tmp_path / "narrow.tif"), width, 2400, seed=5)
+    recorder = PixelRecorder(scene.path)
+    services.detector = lambda region: recorder  # type: ignore[method-assign]
+    request = ImageRequest.from_dict({
+        "jobId": f"narrow-{width}", "imageUrls": [scene.path], "imageProcessor": {"name": "pixels"},
+        "imageProcessorTileSize": 512, "imageProcessorTileOverlap": 128, "imageProcessorTileFormat": "GTIFF",
+        "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": ""}]})
+    first, job = start_image(services, request)
+    assert first is not None
+    for region in regions_of(services, request):
+        process_region(services, region, job=job)
+    rows = sorted({row for _, row, _ in recorder.seen})
+    assert len(rows) == 6 and rows[-1] == 2400 - 512
+    assert recorder.seen and all(same for _, _, same in recorder.seen), \
+        [(col, row) for col, row, same in recorder.seen if not same]

@@ -151,3 +151,12 @@ def test_a_finished_job_is_not_reopened_and_claims_are_renewed_by_their_owner(st
     assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
     assert jobs.create_failed("bad:x", "bad", "x", "reason") is True
     assert jobs.create_failed("bad:x", "bad", "x", "reason") is False
+
+
+def test_raw_items_are_cut_by_utf8_bytes_not_characters():
+    from modelrunner.state.features import ITEM_BYTES, FeatureStore
+
+    texts = ['{"name":"' + "東" * 20_000 + '"}'] * 12  # 60,011 bytes each, 20,011 characters
+    items = FeatureStore(None, "t").raw_items("img", "r1", "0:0:0:0", texts)
+    sizes = [sum(len(t.encode()) for t in item["features"]) for item in items]
+    assert max(sizes) <= ITEM_BYTES and sum(len(item["features"]) for item in items) == 12

@@ -132,3 +132,21 @@ def _wgs84() -> str:
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(4326)
     return srs.ExportToWkt()
+
+
+@pytest.mark.parametrize(("bands", "dtype", "interpretation"), [
+    (3, np.uint8, [gdal.GCI_RedBand, gdal.GCI_GreenBand, gdal.GCI_BlueBand]),
+    (4, np.uint8, [gdal.GCI_GrayIndex, gdal.GCI_Undefined, gdal.GCI_Undefined, gdal.GCI_Undefined]),
+    (3, np.uint16, [gdal.GCI_GrayIndex, gdal.GCI_Undefined, gdal.GCI_Undefined]),
+])
+def test_gtiff_tiles_never_call_a_fourth_band_alpha(bands, dtype, interpretation):
+    pixels = np.arange(bands * 32 * 32, dtype=dtype).reshape(bands, 32, 32)
+    gdal.FileFromMemBuffer("/vsimem/bands.tif", encode_tile(pixels, "GTIFF", "NONE"))
+    try:
+        tile = gdal.Open("/vsimem/bands.tif")
+        assert [tile.GetRasterBand(i + 1).GetColorInterpretation() for i in range(bands)] == interpretation
+        assert all(tile.GetRasterBand(i + 1).GetMaskFlags() == gdal.GMF_ALL_VALID for i in range(bands))
+        assert np.array_equal(tile.ReadAsArray(), pixels)
+        tile = None
+    finally:
+        gdal.Unlink("/vsimem/bands.tif")

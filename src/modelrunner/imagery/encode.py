@@ -18,7 +18,8 @@ Georeferencing carried by the chip, so a model that geolocates by itself sees th
 from __future__ import annotations
 
 import contextlib
-import uuid
+import itertools
+import os
 
 import numpy as np
 from osgeo import gdal, gdal_array
@@ -33,6 +34,9 @@ _EXT = {"GTIFF": "tif", "NITF": "ntf", "PNG": "png", "JPEG": "jpg"}
 _GTIFF = {"NONE": ["COMPRESS=NONE"], "LZW": ["COMPRESS=LZW"], "JPEG": ["COMPRESS=JPEG"]}
 _NITF = {"NONE": ["IC=NC"], "JPEG": ["IC=C3"], "J2K": ["IC=C8"]}
 _FLOATS = (gdal.GDT_Float32, gdal.GDT_Float64)
+
+
+_names = itertools.count()  # unique /vsimem/ names (next() on a count is atomic), cheaper than uuid4's urandom
 
 
 def read_vsimem(path: str) -> bytes:
@@ -85,9 +89,13 @@ def encode_tile(pixels: np.ndarray, tile_format: str, compression: str,
     data_type = gdal_array.NumericTypeCodeToGDALTypeCode(pixels.dtype)
     options = creation_options(tile_format, compression, data_type)
     georef = georef if georef is not None and georef.kind != "NONE" else None
-    path = f"/vsimem/tile-{uuid.uuid4().hex}.{_EXT[tile_format]}"
+    path = f"/vsimem/tile-{os.getpid()}-{next(_names)}.{_EXT[tile_format]}"
     try:
         if tile_format == "GTIFF":  # GTiff writes as it is given pixels: no in-memory copy to translate
+            # RGB for three 8-bit bands (what a translated RGB image says); never GDAL's default of a fourth
+            # 8-bit band as alpha: a near-infrared band is not transparency.
+            rgb = bands == 3 and pixels.dtype == np.uint8
+            options += ["PHOTOMETRIC=RGB" if rgb else "PHOTOMETRIC=MINISBLACK"]
             out = gdal.GetDriverByName("GTiff").Create(path, width, height, bands, data_type, options=options)
             if out is None:
                 raise TileEncodingError(f"GDAL could not write a {tile_format}/{compression} tile")

@@ -74,14 +74,20 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
                 continue
         return False
 
+    source = iter(items)
+
     def produce() -> None:
         try:
-            for item in items:
+            for item in source:
                 if not hand_over(item):
                     return
             hand_over(_DONE)
         except BaseException as err:  # handed to the consumer, raised there
             hand_over(_Failure(err))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # a generator's own clean-up runs now, on its thread
+                close()
 
     thread = threading.Thread(target=produce, name="prefetch", daemon=True)
     thread.start()

@@ -116,8 +116,10 @@ def complete(services: Services, image_id: str) -> str | None:
 
 
 KINESIS_CALLS_IN_FLIGHT = 2
-"""PutRecords calls sent at once. Every record's partition key is the job id, so all go to one shard:
-calls in parallel would only meet that shard's throughput limit sooner (the sink can do more than one)."""
+"""PutRecords calls sent at once: one batch is serialised while the other is on the wire. Not more: every
+record's partition key is the job id, so all go to one shard, whose throughput limit more calls would only
+meet sooner (throttled records are retried with back-off). Records of the two calls may interleave on the
+stream; the reference never promised an order."""
 
 
 def _write_output(services: Services, job_id: str, output: Output,

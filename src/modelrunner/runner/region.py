@@ -66,7 +66,8 @@ def _strips(source: ImageSource, tiles_by_row: list[list[Tile]]) -> Iterator[_Ti
         strip = buffer = source.read(first.col, first.row, width, first.height, out=buffer if reuse else None)
         for tile in row_tiles:
             offset = tile.col - first.col
-            yield _TileWork(tile, np.ascontiguousarray(strip[:, :, offset:offset + tile.width]))
+            # Always a copy (ascontiguousarray would hand out a view of a tile as wide as the strip).
+            yield _TileWork(tile, strip[:, :, offset:offset + tile.width].copy())
 
 
 def process_region(services: Services, region: RegionRequest, *, job: dict[str, Any],

@@ -123,8 +123,10 @@ def _check_bucket(s3_client: Any, bucket: str) -> None:
 def _spool_collection(features: Iterable[dict[str, Any]], spool: IO[bytes]) -> int:
     """Write the FeatureCollection to ``spool`` feature by feature; return how many features it holds.
 
-    Produces byte for byte what ``json.dumps`` gives for the whole collection (default separators, ASCII
-    escapes), so an empty iterable still yields a valid ``{"type": "FeatureCollection", "features": []}``.
+    The frame is what ``json.dumps`` writes for the collection, so an empty iterable still yields a valid
+    ``{"type": "FeatureCollection", "features": []}``; features given as text go in as they are (the
+    runner's are compact UTF-8 JSON, see :func:`~modelrunner.features.seams.feature_text`), dicts as
+    ``json.dumps`` writes them.
     """
     buffer = bytearray(_HEAD)
     count = 0

@@ -1,6 +1,6 @@
 """The feature table: the job's raw (pre-merge) features, and each region's merged result.
 
-Raw features are written as the reference writes them, because other tools count them: items under
+Raw features are written in the reference's layout, because other tools count them: items under
 ``hash_key = <image_id>-<n>`` (n in 1..50), each a ``features`` list of GeoJSON Feature strings, chunked
 well under DynamoDB's 400 KB. Our keys are deterministic (derived from the region, tile and chunk), so a
 redelivered region overwrites its own items instead of adding duplicates.
@@ -25,7 +25,7 @@ from ..features.seams import FeatureSet, PackedFeatureSet
 from . import ddb
 
 SALTS = 50
-ITEM_CHARS = 200_000
+ITEM_BYTES = 200_000  # a chunk of texts per item, well under DynamoDB's 400 KB
 CHUNK_BYTES = 350_000
 
 
@@ -51,11 +51,12 @@ class FeatureStore:
         chunks: list[list[str]] = [[]]
         size = 0
         for text in texts:
-            if chunks[-1] and size + len(text) > ITEM_CHARS:
+            length = len(text) if text.isascii() else len(text.encode())  # DynamoDB counts UTF-8 bytes
+            if chunks[-1] and size + length > ITEM_BYTES:
                 chunks.append([])
                 size = 0
             chunks[-1].append(text)
-            size += len(text)
+            size += length
         return [self._raw_item(image_id, region_id, tile_id, n, chunk, expire)
                 for n, chunk in enumerate(chunks) if chunk]
 

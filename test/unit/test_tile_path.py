@@ -150,3 +150,18 @@ def test_gtiff_tiles_never_call_a_fourth_band_alpha(bands, dtype, interpretation
         tile = None
     finally:
         gdal.Unlink("/vsimem/bands.tif")
+
+
+def test_gdal_options_in_the_environment_win_over_ours(monkeypatch):
+    import modelrunner.imagery.source as source
+
+    monkeypatch.setattr(source, "_done", False)
+    monkeypatch.setenv("GDAL_CACHEMAX", "77")
+    before = gdal.GetConfigOption("GDAL_CACHEMAX")
+    gdal.SetConfigOption("GDAL_CACHEMAX", None)
+    try:
+        source.configure_gdal()
+        assert gdal.GetConfigOption("GDAL_CACHEMAX") == "77"
+        assert gdal.GetConfigOption("CPL_VSIL_CURL_CACHE_SIZE") == source.GDAL_OPTIONS["CPL_VSIL_CURL_CACHE_SIZE"]
+    finally:
+        gdal.SetConfigOption("GDAL_CACHEMAX", before)

@@ -6,6 +6,7 @@ whole). GDAL dataset handles are not thread-safe: one :class:`ImageSource` belon
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,13 +40,17 @@ _done = False
 
 
 def configure_gdal(extra: Mapping[str, str] | None = None) -> None:
-    """Set GDAL's process-wide options once (exceptions on, bounded caches); later calls add ``extra``."""
+    """Set GDAL's process-wide options once (exceptions on, bounded caches); later calls add ``extra``.
+
+    An option already in the environment is the operator's choice and is left to GDAL (a config option set
+    here would override it)."""
     global _done
     with _configured:
         if not _done:
             gdal.UseExceptions()
             for key, value in GDAL_OPTIONS.items():
-                gdal.SetConfigOption(key, value)
+                if key not in os.environ:
+                    gdal.SetConfigOption(key, value)
             _done = True
         for key, value in (extra or {}).items():
             gdal.SetConfigOption(key, value)

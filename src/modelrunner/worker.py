@@ -155,6 +155,13 @@ class Worker:
             _return_free_memory()
         return False
 
+    def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> bool:
+        """Process the region, then complete its job if it was the last; False while another worker holds
+        the completion (the caller keeps its message, see :func:`maybe_complete`)."""
+        process_region(self.services, region, job=job, abort=self.abort)
+        _return_free_memory()  # the region's tiles are gone; the completion needs room
+        return maybe_complete(self.services, region.image_id)
+
     def _delete(self, queue_url: str, message: dict[str, Any]) -> None:
         self.heartbeat.release(message["ReceiptHandle"])
         self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
@@ -170,11 +177,8 @@ class Worker:
         self.heartbeat.hold(queue, message["ReceiptHandle"])
         try:
             first, job = start_image(self.services, request)
-            if first is not None:
-                process_region(self.services, first, job=job, abort=self.abort)
-                _return_free_memory()  # the region's tiles are gone; the completion needs room
-                if not maybe_complete(self.services, request.image_id):
-                    return  # another worker completes the job; the message comes back in case it dies
+            if first is not None and not self._run_region(first, job):
+                return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
             log.warning("stopping: image message for job %s handed back", request.job_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])
@@ -224,11 +228,8 @@ class Worker:
             job = self.services.jobs.get(region.image_id)
             if not job:
                 log.error("region %s belongs to no known job: dropped", region.region_id)
-            elif "end_time" not in job:
-                process_region(self.services, region, job=job, abort=self.abort)
-                _return_free_memory()  # the region's tiles are gone; the completion needs room
-                if not maybe_complete(self.services, region.image_id):
-                    return  # another worker completes the job; the message comes back in case it dies
+            elif "end_time" not in job and not self._run_region(region, job):
+                return  # another worker completes the job; the message comes back in case it dies
         except RegionAborted:
             log.warning("stopping: region %s handed back", region.region_id)
             self.heartbeat.hand_back(message["ReceiptHandle"])

@@ -16,7 +16,7 @@ def _worker(args: argparse.Namespace) -> int:
     from .imagery.source import configure_gdal
     from .logs import configure_logging
     from .runner.services import Services
-    from .worker import Worker
+    from .worker import Worker, settle_heap
 
     configure_logging(args.verbose)
     try:
@@ -27,6 +27,7 @@ def _worker(args: argparse.Namespace) -> int:
     configure_gdal()
     worker = Worker(Services.create(settings, metrics=not args.no_metrics))
     worker.install_signal_handlers()
+    settle_heap()
     worker.run(max_messages=args.max_messages, idle_exit_s=args.idle_exit)
     return 0
 

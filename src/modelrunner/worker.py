@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import json
 import logging
 import signal
@@ -242,6 +243,26 @@ class Worker:
             # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
             self.heartbeat.release(message["ReceiptHandle"])
         self._delete(queue, message)
+
+
+#: Container allocations between young-generation collections (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Take what start-up built out of the cyclic garbage collector's sight, and let it run less often.
+
+    A tile's model answer becomes thousands of short-lived dicts and lists (parsed, placed, serialised,
+    dropped): acyclic, so reference counting frees them, but at CPython's default threshold they set off a
+    young collection every few features, and the older generations' collections walk every object still
+    alive, botocore's service models included. Measured on benchmark case 3 (1,122 tiles): 2.85 s of the
+    worker's CPU went to the collector; with start-up frozen and this threshold, 0.12 s. Call once, when
+    start-up is done (clients built, modules imported).
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _return_free_memory() -> None:

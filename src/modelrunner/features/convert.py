@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -264,9 +266,8 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
     safe = np.where(flat, 1.0, 6 * area)
     cx = np.where(flat, (x.min(axis=1) + x.max(axis=1)) / 2, ((x[:, :-1] + x[:, 1:]) * cross).sum(axis=1) / safe)
     cy = np.where(flat, (y.min(axis=1) + y.max(axis=1)) / 2, ((y[:, :-1] + y[:, 1:]) * cross).sum(axis=1) / safe)
-    corners = bboxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n, 4, 2)
-    points = np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)])
-    world = to_world(points)
+    corners = bboxes[:, _CORNERS].reshape(n, 4, 2)
+    world = to_world(np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)]))
     world_rings = np.round(world[:5 * n], 6).reshape(n, 5, 3).tolist()
     world_corners = world[5 * n:9 * n].reshape(n, 4, 3)
     lon_min, lat_min = world_corners[:, :, 0].min(axis=1).tolist(), world_corners[:, :, 1].min(axis=1).tolist()
@@ -280,54 +281,54 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
         props["center_longitude"], props["center_latitude"] = centres[i]
 
 
+_CORNERS = [0, 1, 2, 1, 2, 3, 0, 3]  # imageBBox -> its corners (x0, y0), (x1, y0), (x1, y1), (x0, y1)
+
+
 def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:
     """:func:`to_image_features` then :func:`geolocate`, with the same results, in one pass for what box
     detectors send (a 5-position 2-D ring in ``imageGeometry``, an optional 4-number ``imageBBox``): those
-    are moved, checked and geolocated as arrays; any other feature takes the general path."""
+    are moved, checked and geolocated as arrays; any other feature takes the general path.
+
+    The checks run as C-level passes over all features at once (``map`` over types, one array per kind of
+    value): this is per-feature work on every tile, while the model is being waited on for others.
+    """
     if not isinstance(collection, Mapping) or not isinstance(collection.get("features") or [], list):
         return _place_slowly(collection, col, row, to_world)
     raw = collection.get("features") or []
-    rings: list[Any] = []
-    bboxes: list[Any] = []
-    for source in raw:
-        try:
-            props = source["properties"]
-            geometry = props["imageGeometry"]
-            (ring,) = geometry["coordinates"]
-            bbox = props.get("imageBBox", _NO_BBOX)
-            if (geometry["type"] != "Polygon" or type(props) is not dict or type(source) is not dict
-                    or len(ring) != 5 or any(len(p) != 2 for p in ring) or len(bbox) != 4
-                    or not isinstance(bbox, list | tuple)):
-                return _place_slowly(collection, col, row, to_world)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return _place_slowly(collection, col, row, to_world)
-        rings.append(ring)
-        bboxes.append(bbox)
     if not raw:
         return []
     try:
-        ring_array = np.array(rings, dtype=np.float64)
+        if not _only(raw, dict):
+            return _place_slowly(collection, col, row, to_world)
+        all_props = [source["properties"] for source in raw]
+        if not _only(all_props, dict):
+            return _place_slowly(collection, col, row, to_world)
+        geometries = [props["imageGeometry"] for props in all_props]
+        bboxes = [props.get("imageBBox", _NO_BBOX) for props in all_props]
+        coordinates = [geometry["coordinates"] for geometry in geometries]
+        if (not _only(geometries, dict) or {g["type"] for g in geometries} != {"Polygon"}
+                or not _only(bboxes, list, tuple) or not _nested_numbers(coordinates, 3)
+                or not _nested_numbers(bboxes, 1)):
+            return _place_slowly(collection, col, row, to_world)
+        ring_array = np.array(coordinates, dtype=np.float64)
         bbox_array = np.array(bboxes, dtype=np.float64)
-    except (TypeError, ValueError):  # strings, booleans or nulls among the numbers: the general path says where
+    except (KeyError, TypeError, ValueError, AttributeError):  # ragged arrays raise ValueError
         return _place_slowly(collection, col, row, to_world)
-    if (not np.isfinite(ring_array).all() or _has_non_numbers(rings)
-            or any(b is not _NO_BBOX and not all(type(v) in (int, float) for v in b) for b in bboxes)):
+    n = len(raw)
+    if (ring_array.shape != (n, 1, 5, 2) or bbox_array.shape != (n, 4) or not np.isfinite(ring_array).all()
+            or not _plain_classes(all_props)):
         return _place_slowly(collection, col, row, to_world)
-    ring_array += (col, row)
+    ring_array = ring_array[:, 0] + (col, row)
     bbox_array += (col, row, col, row)
     shifted_bboxes = bbox_array.tolist()
+    has_bbox = [bbox is not _NO_BBOX for bbox in bboxes]
     out: list[Feature] = []
-    has_bbox: list[bool] = []
-    for i, source in enumerate(raw):
+    for source, props, placed, shifted in zip(raw, all_props, has_bbox, shifted_bboxes, strict=True):
         feature = dict(source)
         feature.setdefault("type", "Feature")
-        props = feature["properties"] = dict(source["properties"])
-        if bboxes[i] is not _NO_BBOX:
-            props["imageBBox"] = shifted_bboxes[i]
-            has_bbox.append(True)
-        else:
-            has_bbox.append(False)
-        _classes(props, f"feature {i}")
+        props = feature["properties"] = dict(props)
+        if placed:
+            props["imageBBox"] = shifted
         out.append(feature)
     _place_rings(out, ring_array, bbox_array, has_bbox, to_world)
     return out
@@ -336,9 +337,29 @@ def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None
 _NO_BBOX = (0.0, 0.0, 0.0, 0.0)  # stands in for a missing imageBBox (never one a model sent: a fresh tuple)
 
 
-def _has_non_numbers(rings: list[Any]) -> bool:
-    """True when a ring holds anything but ints and floats (booleans convert to numbers in numpy)."""
-    return any(type(v) not in (int, float) for ring in rings for p in ring for v in p)
+def _only(values: Iterable[Any], *types: type) -> bool:
+    """Every value is exactly of one of ``types`` (one C-level pass)."""
+    return set(map(type, values)) <= set(types)
+
+
+def _nested_numbers(values: list[Any], depth: int) -> bool:
+    """``values`` nest lists (or tuples) ``depth`` levels deep down to ints and floats only (booleans,
+    strings and nulls, which numpy would turn into numbers or NaN, send a feature to the general path)."""
+    for _ in range(depth):
+        if not _only(values, list, tuple):
+            return False
+        values = list(chain.from_iterable(values))
+    return _only(values, int, float)
+
+
+def _plain_classes(all_props: list[dict[str, Any]]) -> bool:
+    """Every feature has ``featureClasses`` as a list of dicts with an ``iri`` (what :func:`_classes`
+    accepts as is); anything else (absent, ``feature_types``, malformed) goes the general way."""
+    classes = [props.get("featureClasses") for props in all_props]
+    if not _only(classes, list):
+        return False
+    entries = list(chain.from_iterable(classes))
+    return _only(entries, dict) and all(map(operator.contains, entries, repeat("iri")))
 
 
 def _place_slowly(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:

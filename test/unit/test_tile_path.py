@@ -79,6 +79,12 @@ def test_placing_in_one_pass_equals_moving_then_geolocating(name, to_world):
     {"features": [_box(1, extra={"imageBBox": [1, 2, 3]})]},
     {"features": [_box(1, extra={"imageBBox": None})]},
     {"features": [_box(1, extra={"featureClasses": "car"})]},
+    {"features": [_box(1, extra={"imageBBox": [1, {"x": 2}, 3, 4]})]},
+    {"features": [_box(1, ring=[[3, 1], [3, 8], "1", [0, 1], [3, 1]])]},
+    {"features": [_box(1, ring=[1, 2, 3, 4])]},  # positions one array too shallow for a Polygon
+    {"features": [_box(1, ring=[[3, 1], [3, 8, 0, [1]], [0, 8], [0, 1], [3, 1]])]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": ["Polygon"], "coordinates": []}})]},
+    {"features": [_box(1, extra={"imageGeometry": 3.0})]},
     {"features": [{"type": "Feature", "properties": None}]},
     {"features": "nope"},
     ["not", "an", "object"],

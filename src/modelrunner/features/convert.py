@@ -42,12 +42,30 @@ def _shift(coords: Any, dx: float, dy: float) -> Any:
 
 
 def _check_geometry(geometry: Any, where: str) -> None:
-    if not isinstance(geometry, Mapping) or geometry.get("type") not in _GEOMETRY_TYPES:
+    kind = geometry.get("type") if isinstance(geometry, Mapping) else None
+    if not isinstance(kind, str) or kind not in _GEOMETRY_TYPES:
         raise FeatureError(f"{where}: imageGeometry must be a GeoJSON geometry, got {geometry!r:.80}")
     try:
         _positions(geometry["coordinates"])
+        _check_nesting(geometry["coordinates"], _NESTING[kind])
     except (KeyError, TypeError, ValueError, IndexError):
         raise FeatureError(f"{where}: imageGeometry has malformed coordinates") from None
+
+
+# How many arrays deep a geometry's positions sit (a Polygon: rings of positions).
+_NESTING = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2, "MultiPolygon": 3}
+
+
+def _check_nesting(coords: Any, depth: int) -> None:
+    """Raise ValueError unless every position (2+ numbers) sits exactly ``depth`` non-empty arrays deep."""
+    if not isinstance(coords, list | tuple) or not coords:
+        raise ValueError("not a non-empty array")
+    if depth == 0:
+        if len(coords) < 2 or not all(isinstance(v, int | float) for v in coords):
+            raise ValueError("not a position")
+        return
+    for c in coords:
+        _check_nesting(c, depth - 1)
 
 
 def _positions(coords: Any) -> list[tuple[float, float]]:
@@ -101,7 +119,10 @@ def to_image_features(collection: Any, col: int, row: int) -> list[Feature]:
             bbox = props["imageBBox"]
             if not isinstance(bbox, list | tuple) or len(bbox) != 4:
                 raise FeatureError(f"{where}: imageBBox must be [minx, miny, maxx, maxy]")
-            x0, y0, x1, y1 = (float(v) for v in bbox)
+            try:
+                x0, y0, x1, y1 = (float(v) for v in bbox)
+            except (TypeError, ValueError):
+                raise FeatureError(f"{where}: imageBBox must be four numbers, got {bbox!r:.80}") from None
             props["imageBBox"] = [x0 + col, y0 + row, x1 + col, y1 + row]
             placed = True
         if not placed:
@@ -304,15 +325,15 @@ def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None
         if not _only(all_props, dict):
             return _place_slowly(collection, col, row, to_world)
         geometries = [props["imageGeometry"] for props in all_props]
+        if not _only(geometries, dict) or {g["type"] for g in geometries} != {"Polygon"}:
+            return _place_slowly(collection, col, row, to_world)
         bboxes = [props.get("imageBBox", _NO_BBOX) for props in all_props]
         coordinates = [geometry["coordinates"] for geometry in geometries]
-        if (not _only(geometries, dict) or {g["type"] for g in geometries} != {"Polygon"}
-                or not _only(bboxes, list, tuple) or not _nested_numbers(coordinates, 3)
-                or not _nested_numbers(bboxes, 1)):
+        if not _nested_numbers(coordinates, 3) or not _nested_numbers(bboxes, 1):
             return _place_slowly(collection, col, row, to_world)
         ring_array = np.array(coordinates, dtype=np.float64)
         bbox_array = np.array(bboxes, dtype=np.float64)
-    except (KeyError, TypeError, ValueError, AttributeError):  # ragged arrays raise ValueError
+    except (KeyError, TypeError, ValueError):  # a key missing, ragged arrays (ValueError)
         return _place_slowly(collection, col, row, to_world)
     n = len(raw)
     if (ring_array.shape != (n, 1, 5, 2) or bbox_array.shape != (n, 4) or not np.isfinite(ring_array).all()
@@ -379,7 +400,7 @@ def _centroid(props: Mapping[str, Any]) -> tuple[float, float]:
     if kind == "Point":
         return float(coords[0]), float(coords[1])
     if kind == "Polygon" and len(coords) == 1:
-        ring = np.asarray(coords[0], dtype=np.float64)[:, :2]
+        ring = np.asarray([p[:2] for p in coords[0]], dtype=np.float64)
         x, y = ring[:, 0], ring[:, 1]
         cross = x[:-1] * y[1:] - x[1:] * y[:-1]
         area = cross.sum() / 2

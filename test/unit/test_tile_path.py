@@ -85,6 +85,12 @@ def test_placing_in_one_pass_equals_moving_then_geolocating(name, to_world):
     {"features": [_box(1, ring=[[3, 1], [3, 8, 0, [1]], [0, 8], [0, 1], [3, 1]])]},
     {"features": [_box(1, extra={"imageGeometry": {"type": ["Polygon"], "coordinates": []}})]},
     {"features": [_box(1, extra={"imageGeometry": 3.0})]},
+    {"features": [_box(1, extra={"imageBBox": [0, 0, 10 ** 400, 1]})]},  # a big int json keeps, beyond float
+    {"features": [_box(1, extra={"imageBBox": [1, 2, 3]}), _box(2, ring=[[10 ** 400, 1], [3, 8], [0, 8], [0, 1],
+                                                                       [10 ** 400, 1]])]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": "LineString", "coordinates": [[1, 2]]}})]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": "Polygon",
+                                                   "coordinates": [[[0, 0], [1, 1]], [[0, 0], [1, 1]]]}})]},
     {"features": [{"type": "Feature", "properties": None}]},
     {"features": "nope"},
     ["not", "an", "object"],

@@ -16,6 +16,7 @@ from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
+import shapely.errors
 import shapely.geometry
 
 from ..errors import FeatureError
@@ -48,7 +49,7 @@ def _check_geometry(geometry: Any, where: str) -> None:
     try:
         _positions(geometry["coordinates"])
         _check_nesting(geometry["coordinates"], _NESTING[kind])
-    except (KeyError, TypeError, ValueError, IndexError):
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError):
         raise FeatureError(f"{where}: imageGeometry has malformed coordinates") from None
 
 
@@ -121,7 +122,7 @@ def to_image_features(collection: Any, col: int, row: int) -> list[Feature]:
                 raise FeatureError(f"{where}: imageBBox must be [minx, miny, maxx, maxy]")
             try:
                 x0, y0, x1, y1 = (float(v) for v in bbox)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise FeatureError(f"{where}: imageBBox must be four numbers, got {bbox!r:.80}") from None
             props["imageBBox"] = [x0 + col, y0 + row, x1 + col, y1 + row]
             placed = True
@@ -178,7 +179,11 @@ def image_bounds(props: Mapping[str, Any]) -> tuple[float, float, float, float]:
 def image_shape(props: Mapping[str, Any]) -> Any:
     """The feature's pixel geometry as a shapely object (imageGeometry, else the imageBBox box)."""
     if "imageGeometry" in props:
-        return shapely.geometry.shape(props["imageGeometry"])
+        try:
+            return shapely.geometry.shape(props["imageGeometry"])
+        except (shapely.errors.ShapelyError, ValueError, TypeError, IndexError) as err:
+            # e.g. a LineString of one position, a ring of fewer than four, rings mixing 2-D and 3-D
+            raise FeatureError(f"imageGeometry is not a valid {props['imageGeometry'].get('type')}: {err}") from None
     x0, y0, x1, y1 = props["imageBBox"]
     return shapely.geometry.box(x0, y0, x1, y1)
 
@@ -333,7 +338,7 @@ def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None
             return _place_slowly(collection, col, row, to_world)
         ring_array = np.array(coordinates, dtype=np.float64)
         bbox_array = np.array(bboxes, dtype=np.float64)
-    except (KeyError, TypeError, ValueError):  # a key missing, ragged arrays (ValueError)
+    except (KeyError, TypeError, ValueError, OverflowError):  # a key missing, ragged arrays, ints > 1e308
         return _place_slowly(collection, col, row, to_world)
     n = len(raw)
     if (ring_array.shape != (n, 1, 5, 2) or bbox_array.shape != (n, 4) or not np.isfinite(ring_array).all()

@@ -322,7 +322,10 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _send_json(self, status: HTTPStatus, payload: Any, headers: Mapping[str, str] | None = None) -> None:
-        try:  # orjson: a model answer of a few hundred features is most of this server's CPU with json
+        # orjson: a model answer of a few hundred features is most of this server's CPU with json. It writes
+        # NaN and infinities as null where json writes NaN/Infinity; the bundled models only produce finite
+        # numbers (the objects model replaces non-finite pixels first).
+        try:
             body = orjson.dumps(payload)
         except TypeError:
             body = json.dumps(payload, separators=(",", ":")).encode()

@@ -48,6 +48,7 @@ class FeatureStore:
         Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
         """
         expire = int(time.time()) + self.ttl_seconds
+        texts = list(texts)
         lengths = list(map(len, texts))  # characters; DynamoDB counts UTF-8 bytes
         if sum(lengths) <= ITEM_BYTES and "".join(texts).isascii():  # a tile's features fit in one item
             chunks = [list(texts)]

@@ -51,7 +51,7 @@ class FeatureStore:
         texts = list(texts)
         lengths = list(map(len, texts))  # characters; DynamoDB counts UTF-8 bytes
         if sum(lengths) <= ITEM_BYTES and "".join(texts).isascii():  # a tile's features fit in one item
-            chunks = [list(texts)]
+            chunks = [texts]
         else:
             chunks = [[]]
             size = 0

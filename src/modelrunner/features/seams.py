@@ -69,11 +69,10 @@ class FeatureSet:
     def features(self) -> list[dict[str, Any]]:
         return [json.loads(t) for t in self.texts]
 
-    def to_bytes(self) -> bytes:
-        return self._head() + "\n".join(self.texts).encode()
-
     def _head(self) -> bytes:
-        # GeoJSON text from json.dumps never holds a raw newline, so newlines separate the features.
+        """The stored form's head: the columns, then the label names; the texts follow, one per line
+        (:meth:`PackedFeatureSet.pack` writes it, :meth:`from_bytes` reads it back). GeoJSON text as we
+        write it never holds a raw newline, so newlines separate the features."""
         names = sorted(set(self.labels))
         code = {name: i for i, name in enumerate(names)}
         n = len(self.texts)
@@ -95,7 +94,7 @@ Columns = tuple[np.ndarray, np.ndarray, list[str], np.ndarray]  # boxes, scores,
 
 
 def _columns(data: bytes) -> tuple[Columns | None, int]:
-    """The columns at the start of :meth:`FeatureSet.to_bytes` and where the texts begin; (None, 0) when
+    """The columns at the start of a stored set (:meth:`FeatureSet._head`) and where the texts begin; (None, 0) when
     ``data`` does not hold all of them yet."""
     if len(data) < 8:
         return None, 0
@@ -116,7 +115,7 @@ _INFLATE_STEP = 1 << 20  # bytes of decompressed text handled at a time
 
 
 class PackedFeatureSet:
-    """A stored :class:`FeatureSet` (the zlib stream of :meth:`FeatureSet.to_bytes`, in chunks) whose columns
+    """A stored :class:`FeatureSet` (its head and texts as one zlib stream, in chunks) whose columns
     are read and whose texts stay compressed until they are iterated.
 
     The job's completion holds every region's result this way: a merge reads only columns and the few texts

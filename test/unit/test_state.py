@@ -1,14 +1,15 @@
 """Job, region and feature state against moto in-process: conditional writes make each step once-only."""
 
 import json
+import os
 
 import boto3
 import pytest
 
-from modelrunner.features.seams import FeatureSet
+from modelrunner.features.seams import FeatureSet, PackedFeatureSet
 from modelrunner.local.stack import create_resources
 from modelrunner.requests import ImageRequest, RegionRequest
-from modelrunner.state.features import FeatureStore
+from modelrunner.state.features import FeatureStore, OwnResults
 from modelrunner.state.jobs import JobStore
 from modelrunner.state.regions import RegionStore
 from modelrunner.status import StatusPublisher
@@ -91,9 +92,39 @@ def test_raw_features_overwrite_on_redelivery_and_region_results_round_trip(stor
     chunks = features.put_region_result("img", "r1", "a1", FeatureSet.of(big))
     features.put_region_result("img", "r1", "a0", FeatureSet.of(big[:10]))  # a losing duplicate
     features.put_region_result("img", "r2", "a1", FeatureSet.of([]))
-    out = features.region_results("img", {"r1": ("a1", chunks), "r2": ("a1", 1)})
-    assert out["r1"].features() == big and out["r2"].features() == []
-    assert out["r1"].boxes.shape == (30000, 4) and list(out["r1"].boxes[7]) == [7, 2, 12, 9]
+    finished = {"r1": ("a1", chunks), "r2": ("a1", 1)}
+    other_worker = FeatureStore(features.client, features.table)
+    for store in (features, other_worker):  # from this worker's memory, and read from the table
+        out = store.region_results("img", finished)
+        assert out["r1"].features() == big and out["r2"].features() == []
+        assert out["r1"].boxes.shape == (30000, 4) and list(out["r1"].boxes[7]) == [7, 2, 12, 9]
+    assert features.region_results("img", finished)["r1"] is features.own.get("img", "r1", "a1")
+    assert other_worker.region_results("img", {"r1": ("a0", 1)})["r1"].features() == big[:10]
+    features.forget("img")
+    assert features.own.get("img", "r1", "a1") is None
+    assert features.region_results("img", finished)["r1"].features() == big, "read back once forgotten"
+    with pytest.raises(RuntimeError, match="r1: 1 of 2 result chunks"):
+        other_worker.region_results("img", {"r1": ("a0", 2)})
+
+
+def test_own_results_keep_the_newest_within_their_bytes():
+    def packed(n: int, text_bytes: int) -> PackedFeatureSet:
+        features = [{"type": "Feature", "properties": {"r": os.urandom(text_bytes // 2).hex()}} for _ in range(n)]
+        return PackedFeatureSet.pack(FeatureSet.of(features), 1 << 20)
+
+    sets = [packed(3, 300) for _ in range(3)]
+    size = max(sum(map(len, p.chunks)) for p in sets)
+    own = OwnResults(max_bytes=int(2.5 * size))
+    for n, result in enumerate(sets):
+        own.put("img", f"r{n}", "a", result)
+    assert own.get("img", "r0", "a") is None, "the oldest went when the third came"
+    assert own.get("img", "r1", "a") is sets[1] and own.get("img", "r2", "a") is sets[2]
+    assert own.get("img", "r2", "another attempt") is None
+    own.put("img", "huge", "a", packed(3, 3 * size))
+    assert own.get("img", "huge", "a") is None and own.get("img", "r2", "a") is sets[2], "too big to keep"
+    own.put("other", "r0", "a", sets[0])
+    own.forget("img")
+    assert own.get("img", "r2", "a") is None and own.get("other", "r0", "a") is sets[0]
 
 
 def test_status_messages_are_the_references():

@@ -40,15 +40,12 @@ _names = itertools.count()  # unique /vsimem/ names (next() on a count is atomic
 
 
 def read_vsimem(path: str) -> bytes:
-    """The bytes of a GDAL virtual (or any VSI) file."""
-    handle = gdal.VSIFOpenL(path, "rb")
-    try:
-        gdal.VSIFSeekL(handle, 0, 2)
-        size = gdal.VSIFTellL(handle)
-        gdal.VSIFSeekL(handle, 0, 0)
-        return bytes(gdal.VSIFReadL(1, size, handle))
-    finally:
-        gdal.VSIFCloseL(handle)
+    """The bytes of a GDAL ``/vsimem/`` file: one copy out of GDAL's own buffer (``VSIFReadL`` would hand
+    back a bytearray, i.e. a second copy of a whole tile, made while holding the GIL)."""
+    view = gdal.VSIGetMemFileBuffer_unsafe(path)
+    if view is None:
+        raise TileEncodingError(f"GDAL wrote no file at {path}")
+    return bytes(view)
 
 
 def creation_options(tile_format: str, compression: str, data_type: int) -> list[str]:

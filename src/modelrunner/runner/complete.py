@@ -44,6 +44,7 @@ def maybe_complete(services: Services, image_id: str) -> bool:
             complete(services, image_id)
         finally:
             stop.set()
+            services.features.forget(image_id)
         return True
     job = services.jobs.get(image_id)
     all_done = int(job.get("region_count", 0)) > 0 and job.get("regions_done") == job.get("region_count")
@@ -68,11 +69,13 @@ def complete(services: Services, image_id: str) -> str | None:
     finished = {r["region_id"]: (str(r.get("result_attempt", "")), int(r["result_chunks"]))
                 for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, finished)
+    read_s = time.monotonic() - started
     merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job))
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
-    log.info("job %s: %d features from %d regions read and merged in %.2f s", request.job_id, len(merged),
-             len(finished), select_s)
+    log.info("job %s: %d features from %d regions read in %.2f s and merged in %.2f s (%d result bytes)",
+             request.job_id, len(merged), len(finished), read_s, select_s - read_s,
+             sum(len(chunk) for part in results.values() for chunk in part.chunks))
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.

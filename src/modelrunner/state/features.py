@@ -9,16 +9,20 @@ Region results are stored compactly: the region's merged features as their colum
 labels) followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
 ``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a whole job back is one
 paginated Query; the boxes let the completion find the few features near region seams without parsing the
-others, whose texts go to the outputs as they are.
+others, whose texts go to the outputs as they are. The worker keeps the results it stored last in memory
+(:class:`OwnResults`), so that when it completes the job itself it does not read its own regions back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..features.seams import FeatureSet, PackedFeatureSet
@@ -27,6 +31,47 @@ from . import ddb
 SALTS = 50
 ITEM_BYTES = 200_000  # a chunk of texts per item, well under DynamoDB's 400 KB
 CHUNK_BYTES = 350_000
+OWN_RESULTS_BYTES = 64 << 20  # compressed region results kept in memory (case 3 of the benchmark: 17 MB)
+READ_THREADS = 8  # regions read back at once at completion
+
+
+class OwnResults:
+    """The region results this worker stored, newest last, up to ``max_bytes`` of compressed chunks.
+
+    Keyed by (image, region, attempt): the completion uses an entry only when the region row names that
+    attempt as the one that finished the region, i.e. when the table holds exactly these chunks. A job's
+    entries are dropped when it completes; a job completed by another worker ages out.
+    """
+
+    def __init__(self, max_bytes: int = OWN_RESULTS_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str, str], PackedFeatureSet] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, image_id: str, region_id: str, attempt: str, result: PackedFeatureSet) -> None:
+        size = _size(result)
+        with self._lock:
+            if size > self.max_bytes:
+                return
+            self._entries[(image_id, region_id, attempt)] = result
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, old = self._entries.popitem(last=False)
+                self._bytes -= _size(old)
+
+    def get(self, image_id: str, region_id: str, attempt: str) -> PackedFeatureSet | None:
+        with self._lock:
+            return self._entries.get((image_id, region_id, attempt))
+
+    def forget(self, image_id: str) -> None:
+        with self._lock:
+            for key in [key for key in self._entries if key[0] == image_id]:
+                self._bytes -= _size(self._entries.pop(key))
+
+
+def _size(result: PackedFeatureSet) -> int:
+    return sum(map(len, result.chunks))
 
 
 def _hex(*parts: object) -> str:
@@ -41,6 +86,7 @@ class FeatureStore:
     """Raw features live 2 h, as the reference's."""
     result_ttl_seconds: int = 86400
     """Region results must outlive the job (its TTL), however long the job takes."""
+    own: OwnResults = field(default_factory=OwnResults)
 
     def raw_items(self, image_id: str, region_id: str, tile_id: str, texts: Sequence[str]) -> list[dict[str, Any]]:
         """A tile's raw features (GeoJSON texts) as feature-table items, cut well under 400 KB each.
@@ -91,36 +137,57 @@ class FeatureStore:
         Keys carry the attempt (worker and start time), and the region row records the attempt that
         finished it: a duplicate delivery that loses the race can never mix its chunks into the result.
         """
-        chunks = PackedFeatureSet.pack(features, CHUNK_BYTES).chunks
+        packed = PackedFeatureSet.pack(features, CHUNK_BYTES)
+        chunks = packed.chunks
         expire = int(time.time()) + self.result_ttl_seconds
         ddb.batch_put(self.client, self.table, [
             {"hash_key": f"{image_id}-regions", "range_key": f"{region_id}#{attempt}#{i:05d}",
              "region_id": region_id, "attempt": attempt, "chunk": i, "chunks": len(chunks), "blob": part,
              "expire_time": expire}
             for i, part in enumerate(chunks)])
+        self.own.put(image_id, region_id, attempt, packed)
         return len(chunks)
 
     def region_results(self, image_id: str, finished: dict[str, tuple[str, int]]) -> dict[str, PackedFeatureSet]:
         """Every region's stored result, keyed by region id: the (attempt, chunk count) each row recorded.
-        Texts stay compressed until they are iterated."""
-        parts: dict[str, dict[int, bytes]] = {}
-        for item in self._query(f"{image_id}-regions", raw=True):
-            region_id = item["region_id"]["S"]
-            attempt, count = finished.get(region_id, ("", 0))
-            chunk = int(item["chunk"]["N"])
-            if item.get("attempt", {}).get("S") == attempt and chunk < count:
-                parts.setdefault(region_id, {})[chunk] = item["blob"]["B"]
+        Results this worker stored itself come from memory; the others are read, a query per region (only
+        the recorded attempt's chunks). Texts stay compressed until they are iterated."""
         results: dict[str, PackedFeatureSet] = {}
-        for region_id, (_, count) in finished.items():
-            got = parts.get(region_id, {})
-            if len(got) != count:
-                raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
-            results[region_id] = PackedFeatureSet([got[i] for i in range(count)])
+        missing: list[tuple[str, str, int]] = []
+        for region_id, (attempt, count) in finished.items():
+            own = self.own.get(image_id, region_id, attempt)
+            if own is not None and len(own.chunks) == count:
+                results[region_id] = own
+            else:
+                missing.append((region_id, attempt, count))
+        if missing:
+            with ThreadPoolExecutor(min(READ_THREADS, len(missing)), thread_name_prefix="read-result") as pool:
+                read = pool.map(lambda entry: self._read_result(image_id, *entry), missing)
+                results.update(zip((region_id for region_id, _, _ in missing), read, strict=True))
         return results
 
-    def _query(self, hash_key: str, raw: bool = False) -> Iterable[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "hash_key = :h",
-                                  "ExpressionAttributeValues": ddb.values({":h": hash_key}), "ConsistentRead": True}
+    def forget(self, image_id: str) -> None:
+        """Drop the job's results from memory (it has completed)."""
+        self.own.forget(image_id)
+
+    def _read_result(self, image_id: str, region_id: str, attempt: str, count: int) -> PackedFeatureSet:
+        got: dict[int, bytes] = {}
+        for item in self._query(f"{image_id}-regions", raw=True, prefix=f"{region_id}#{attempt}#"):
+            chunk = int(item["chunk"]["N"])
+            ours = item["region_id"]["S"] == region_id and item["attempt"]["S"] == attempt
+            if ours and chunk < count:  # a job id holding "#" could make a prefix match another region's keys
+                got[chunk] = item["blob"]["B"]
+        if len(got) != count:
+            raise RuntimeError(f"region {region_id}: {len(got)} of {count} result chunks found")
+        return PackedFeatureSet([got[i] for i in range(count)])
+
+    def _query(self, hash_key: str, raw: bool = False, prefix: str = "") -> Iterable[dict[str, Any]]:
+        condition, values = "hash_key = :h", {":h": hash_key}
+        if prefix:
+            condition += " AND begins_with(range_key, :p)"
+            values[":p"] = prefix
+        kwargs: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": condition,
+                                  "ExpressionAttributeValues": ddb.values(values), "ConsistentRead": True}
         while True:
             answer = self.client.query(**kwargs)
             for item in answer.get("Items", []):

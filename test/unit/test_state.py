@@ -122,6 +122,9 @@ def test_own_results_keep_the_newest_within_their_bytes():
     assert own.get("img", "r2", "another attempt") is None
     own.put("img", "huge", "a", packed(3, 3 * size))
     assert own.get("img", "huge", "a") is None and own.get("img", "r2", "a") is sets[2], "too big to keep"
+    own.put("img", "r2", "a", sets[2])  # stored again: counted once
+    own.put("img", "r1", "a", sets[1])
+    assert own.get("img", "r2", "a") is sets[2], "two entries fit however often they were stored"
     own.put("other", "r0", "a", sets[0])
     own.forget("img")
     assert own.get("img", "r2", "a") is None and own.get("other", "r0", "a") is sets[0]

@@ -52,6 +52,9 @@ class OwnResults:
     def put(self, image_id: str, region_id: str, attempt: str, result: PackedFeatureSet) -> None:
         size = _size(result)
         with self._lock:
+            replaced = self._entries.pop((image_id, region_id, attempt), None)
+            if replaced is not None:
+                self._bytes -= _size(replaced)
             if size > self.max_bytes:
                 return
             self._entries[(image_id, region_id, attempt)] = result

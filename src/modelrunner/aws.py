@@ -27,6 +27,8 @@ _RETRIES: dict[str, dict[str, Any]] = {
     "sagemaker": {"retries": {"mode": "adaptive", "max_attempts": 30}},
 }
 _DEFAULT = {"retries": {"mode": "standard", "max_attempts": 15}}
+#: The clients a worker uses for every job (assumed-role clients are built when a request names a role).
+WORKER_SERVICES = ("sqs", "sns", "dynamodb", "s3", "kinesis", "sagemaker-runtime")
 
 
 class AwsClients:
@@ -57,6 +59,12 @@ class AwsClients:
                     kwargs["endpoint_url"] = self._endpoint_urls[service]
                 self._clients[key] = self.session.client(service, **kwargs)
             return self._clients[key]
+
+    def warm(self, services: tuple[str, ...] = WORKER_SERVICES) -> None:
+        """Build these clients now. Building one loads its service model: tens of milliseconds each, S3's
+        the most. A worker calls this before it takes its first message, so its first job does not pay."""
+        for service in services:
+            self.client(service)
 
     @property
     def s3(self) -> Any:

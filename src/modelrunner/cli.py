@@ -25,9 +25,11 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"modelrunner worker: {err}", file=sys.stderr)
         return 2
     configure_gdal()
-    worker = Worker(Services.create(settings, metrics=not args.no_metrics))
+    services = Services.create(settings, metrics=not args.no_metrics)
+    services.aws.warm()
+    worker = Worker(services)
     worker.install_signal_handlers()
-    settle_heap()
+    settle_heap()  # after the clients are built: their service models join the frozen start-up heap
     worker.run(max_messages=args.max_messages, idle_exit_s=args.idle_exit)
     return 0
 

@@ -1,0 +1,17 @@
+"""The one place clients are built: a worker builds its clients at start-up, once."""
+
+from __future__ import annotations
+
+from modelrunner.aws import WORKER_SERVICES, AwsClients
+
+
+def test_warm_builds_every_worker_client_once_and_later_calls_reuse_them():
+    aws = AwsClients("us-east-1", endpoint_urls={"sagemaker-runtime": "http://127.0.0.1:9"})
+    aws.warm()
+    built = {service: aws.client(service) for service in WORKER_SERVICES}
+    assert {key[0] for key in aws._clients} == set(WORKER_SERVICES)
+    assert aws.s3 is built["s3"] and aws.kinesis is built["kinesis"]
+    assert aws.sagemaker_runtime.meta.endpoint_url == "http://127.0.0.1:9"
+    aws.warm()
+    assert all(aws.client(service) is client for service, client in built.items())
+    assert aws.for_role(None) is aws

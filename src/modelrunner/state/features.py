@@ -7,10 +7,11 @@ redelivered region overwrites its own items instead of adding duplicates.
 
 Region results are stored compactly: the region's merged features as their columns (pixel boxes, scores,
 labels) followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
-``hash_key = <image_id>-regions``, ``range_key = <region_id>#<chunk>``. Reading a whole job back is one
-paginated Query; the boxes let the completion find the few features near region seams without parsing the
-others, whose texts go to the outputs as they are. The worker keeps the results it stored last in memory
-(:class:`OwnResults`), so that when it completes the job itself it does not read its own regions back.
+``hash_key = <image_id>-regions``, ``range_key = <region_id>#<attempt>#<chunk>``. A region's result is
+read back with one Query on its key prefix; the boxes let the completion find the few features near region
+seams without parsing the others, whose texts go to the outputs as they are. The worker keeps the results it
+stored last in memory (:class:`OwnResults`), so that when it completes the job itself it does not read its
+own regions back.
 """
 
 from __future__ import annotations

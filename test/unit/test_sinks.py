@@ -436,3 +436,41 @@ def test_kinesis_in_flight_calls_count_what_they_delivered_when_one_raises(kines
     delivered = len(read_stream(kinesis))
     assert result.features_written == delivered >= 5
     assert result.features_written + result.features_failed == 40
+
+
+class OneShard:
+    """A stream whose every record lands on one shard (the job id is every record's partition key), taking at
+    most 1,000 records per second as Kinesis does, on a virtual clock that the sink's sleeps advance."""
+
+    def __init__(self, per_second: int = 1000, call_seconds: float = 0.02) -> None:
+        self.per_second, self.call_seconds = per_second, call_seconds
+        self.now, self.second, self.taken, self.stored = 0.0, -1, 0, 0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def describe_stream_summary(self, StreamName: str) -> dict[str, Any]:  # noqa: N803
+        return {"StreamDescriptionSummary": {"StreamStatus": "ACTIVE"}}
+
+    def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        self.now += self.call_seconds
+        if int(self.now) != self.second:
+            self.second, self.taken = int(self.now), 0
+        entries = []
+        for _ in Records:
+            if self.taken < self.per_second:
+                self.taken += 1
+                entries.append({"SequenceNumber": str(self.stored), "ShardId": "shardId-000000000000"})
+                self.stored += 1
+            else:
+                entries.append({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "Rate exceeded"})
+        return {"FailedRecordCount": sum("ErrorCode" in e for e in entries), "Records": entries}
+
+
+def test_kinesis_a_job_throttled_to_one_shards_rate_still_delivers_every_record() -> None:
+    shard = OneShard()
+    features = [feature(i) for i in range(20_000)]
+    result = write_kinesis(shard, KinesisOutput(stream=STREAM, batch_size=500), JOB, features, sleep=shard.sleep)
+    assert result == SinkResult(sink=f"kinesis:{STREAM}", features_written=20_000)
+    assert shard.stored == 20_000
+    assert 19 <= shard.now < 40, "paced by the shard's rate, without back-off running away"

@@ -113,7 +113,7 @@ def test_own_results_keep_the_newest_within_their_bytes():
         return PackedFeatureSet.pack(FeatureSet.of(features), 1 << 20)
 
     sets = [packed(3, 300) for _ in range(3)]
-    size = max(sum(map(len, p.chunks)) for p in sets)
+    size = max(p.nbytes for p in sets)
     own = OwnResults(max_bytes=int(2.5 * size))
     for n, result in enumerate(sets):
         own.put("img", f"r{n}", "a", result)

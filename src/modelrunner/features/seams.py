@@ -167,6 +167,11 @@ class PackedFeatureSet:
     def __len__(self) -> int:
         return len(self.scores)
 
+    @property
+    def nbytes(self) -> int:
+        """Compressed size: what the stored chunks hold."""
+        return sum(map(len, self.chunks))
+
     def _inflate(self) -> Iterator[bytes]:
         inflater = zlib.decompressobj()
         for chunk in self.chunks:

@@ -75,7 +75,7 @@ def complete(services: Services, image_id: str) -> str | None:
     select_s = time.monotonic() - started
     log.info("job %s: %d features from %d regions read in %.2f s and merged in %.2f s (%d result bytes)",
              request.job_id, len(merged), len(finished), read_s, select_s - read_s,
-             sum(len(chunk) for part in results.values() for chunk in part.chunks))
+             sum(part.nbytes for part in results.values()))
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.

@@ -51,18 +51,18 @@ class OwnResults:
         self._lock = threading.Lock()
 
     def put(self, image_id: str, region_id: str, attempt: str, result: PackedFeatureSet) -> None:
-        size = _size(result)
+        size = result.nbytes
         with self._lock:
             replaced = self._entries.pop((image_id, region_id, attempt), None)
             if replaced is not None:
-                self._bytes -= _size(replaced)
+                self._bytes -= replaced.nbytes
             if size > self.max_bytes:
                 return
             self._entries[(image_id, region_id, attempt)] = result
             self._bytes += size
             while self._bytes > self.max_bytes:
                 _, old = self._entries.popitem(last=False)
-                self._bytes -= _size(old)
+                self._bytes -= old.nbytes
 
     def get(self, image_id: str, region_id: str, attempt: str) -> PackedFeatureSet | None:
         with self._lock:
@@ -71,11 +71,7 @@ class OwnResults:
     def forget(self, image_id: str) -> None:
         with self._lock:
             for key in [key for key in self._entries if key[0] == image_id]:
-                self._bytes -= _size(self._entries.pop(key))
-
-
-def _size(result: PackedFeatureSet) -> int:
-    return sum(map(len, result.chunks))
+                self._bytes -= self._entries.pop(key).nbytes
 
 
 def _hex(*parts: object) -> str:

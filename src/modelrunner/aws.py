@@ -118,3 +118,28 @@ class AwsClients:
         creds = self.for_role(role_arn).session.get_credentials().get_frozen_credentials()
         return {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
                 "AWS_SESSION_TOKEN": creds.token or ""}
+
+
+#: Error codes AWS services answer for throttling or a passing fault (botocore's standard retry mode retries
+#: the same ones; this list decides what is still transient once its retries are spent).
+TRANSIENT_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException", "RequestTimeout", "RequestTimeoutException", "InternalError", "InternalFailure",
+    "ServiceUnavailable", "TransactionConflict", "KMSThrottlingException",
+})
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for an AWS error worth trying again later (throttling, a 5xx, a connection or read failure);
+    False for one that the same request will meet again (a missing resource, a refused permission, an
+    invalid parameter)."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return error.get("Code", "") in TRANSIENT_CODES or status >= 500
+    return isinstance(err, HTTPClientError | BotoConnectionError)

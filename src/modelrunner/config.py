@@ -24,7 +24,8 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         if default is None:
@@ -36,6 +37,8 @@ def _int(env: Mapping[str, str], name: str, default: int | None = None, minimum:
         raise ConfigError(name, f"must be an integer, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(name, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, f"must be <= {maximum}, got {value}")
     return value
 
 
@@ -64,6 +67,20 @@ def _size(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[
             or not all(isinstance(v, int) and v > 0 for v in value)):
         raise ConfigError(name, f"must be two positive integers like (8192, 8192), got {raw!r}")
     return int(value[0]), int(value[1])
+
+
+def _names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list (``MR_HTTP_ENDPOINT_HOSTS=models.internal,10.0.0.5:8080``); unset: ``default``."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+#: Raster drivers GDAL may use to open an image (``gdal.OpenEx(allowed_drivers=...)``, in
+#: ``imagery/source.py``): what satellite imagery comes in. Not VRT (it can point at any file) nor any vector,
+#: database, network or memory driver (``MEM:::DATAPOINTER=`` reads raw process memory).
+DEFAULT_IMAGE_DRIVERS = ("GTiff", "COG", "NITF", "JPEG", "PNG", "JP2OpenJPEG")
 
 
 def _extension(raw: str) -> str:
@@ -110,6 +127,24 @@ class Settings:
     feature_ttl_seconds: int = 7200
     max_tile_attempts: int = 4
     """Attempts per tile for errors the endpoint client's own retries do not cover (e.g. HTTP 5xx)."""
+    tile_retry_base_seconds: float = 0.5
+    """First back-off between attempts of a tile (doubled each attempt, full jitter)."""
+    tile_retry_max_seconds: float = 10.0
+    """Longest back-off between attempts of a tile."""
+    local_image_root: str | None = None
+    """Local image paths are refused unless this is set, and then allowed only under it (after resolving
+    ``..`` and links). Image URLs are otherwise ``s3://`` only."""
+    http_endpoint_hosts: tuple[str, ...] = ()
+    """``host`` or ``host:port`` entries an ``HTTP_ENDPOINT`` model URL may name; empty: none allowed."""
+    image_drivers: tuple[str, ...] = DEFAULT_IMAGE_DRIVERS
+    """GDAL raster drivers allowed to open an image."""
+    max_image_pixels: int = 10_000_000_000
+    """Images with more pixels (width x height) are refused."""
+    max_features_per_tile: int = 20_000
+    """A tile whose model answer holds more features fails with that reason."""
+    max_receive_count: int = 3
+    """A message received more often than this while its job never ended has killed workers: its job ends
+    FAILED with that reason instead of crashing the next worker."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -140,10 +175,18 @@ class Settings:
             elevation_data_extension=_extension(env.get("ELEVATION_DATA_EXTENSION", ".tif")),
             elevation_data_version=env.get("ELEVATION_DATA_VERSION", "1arc_v3"),
             region_wait_seconds=_int(env, "MR_REGION_WAIT_SECONDS", 10),
-            visibility_timeout=_int(env, "MR_VISIBILITY_TIMEOUT", 120, minimum=2),
+            visibility_timeout=_int(env, "MR_VISIBILITY_TIMEOUT", 120, minimum=2, maximum=43200),
             stop_timeout=_float(env, "MR_STOP_TIMEOUT", 30.0),
             http_verify_tls=env.get("MR_HTTP_VERIFY_TLS", "true") in _TRUE,
             http_timeout=_float(env, "MR_HTTP_TIMEOUT", 60.0),
             ddb_ttl_days=_float(env, "DDB_TTL_IN_DAYS", 1.0),
             max_tile_attempts=_int(env, "MR_MAX_TILE_ATTEMPTS", 4, minimum=1),
+            tile_retry_base_seconds=_float(env, "MR_TILE_RETRY_BASE_SECONDS", 0.5),
+            tile_retry_max_seconds=_float(env, "MR_TILE_RETRY_MAX_SECONDS", 10.0),
+            local_image_root=env.get("MR_LOCAL_IMAGE_ROOT") or None,
+            http_endpoint_hosts=_names(env, "MR_HTTP_ENDPOINT_HOSTS", ()),
+            image_drivers=_names(env, "MR_IMAGE_DRIVERS", DEFAULT_IMAGE_DRIVERS),
+            max_image_pixels=_int(env, "MR_MAX_IMAGE_PIXELS", 10_000_000_000, minimum=1),
+            max_features_per_tile=_int(env, "MR_MAX_FEATURES_PER_TILE", 20_000, minimum=1),
+            max_receive_count=_int(env, "MR_MAX_RECEIVE_COUNT", 3, minimum=1),
         )

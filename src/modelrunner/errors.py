@@ -34,7 +34,15 @@ class TileEncodingError(ModelRunnerError):
 
 
 class InferenceError(ModelRunnerError):
-    """The model endpoint failed for a tile after retries, or answered with something unusable."""
+    """The model endpoint failed for a tile, or answered with something unusable.
+
+    ``retriable`` is False where another attempt cannot help: the endpoint does not exist or refuses us
+    (then no other tile of the region is sent either), or the answer breaks a configured limit."""
+
+    def __init__(self, message: str, *, retriable: bool = True, endpoint_down: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable and not endpoint_down
+        self.endpoint_down = endpoint_down
 
 
 class FeatureError(ModelRunnerError):

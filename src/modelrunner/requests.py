@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +25,11 @@ TILE_COMPRESSIONS = ("NONE", "JPEG", "J2K", "LZW")
 #: only behaviour); NONE never does (features keep image coordinates), for imagery whose geolocation is
 #: missing or wrong.
 GEOREGISTRATIONS = ("AUTO", "NONE")
+#: A job id is part of every key (DynamoDB keys, the Kinesis partition key, the S3 result key): at most
+#: this many UTF-8 bytes keeps all of them within AWS's limits whatever the image URL.
+MAX_JOB_ID_BYTES = 256
+MAX_S3_KEY_BYTES = 1024
+_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,128}$")
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_TILE_OVERLAP = 50
 MAX_TILE_SIZE = 16384
@@ -195,11 +202,20 @@ def _post_processing(value: Any) -> DistillationOption:
     return DistillationOption.from_dict(steps[0].get("algorithm") or {})
 
 
+def result_key(prefix: str, job_id: str) -> str:
+    """The result object's key, the reference's ``os.path.join(prefix, job_id.split("/")[-1] + ".geojson")``.
+
+    posixpath is os.path on the runner's platform; naming it keeps keys ``/``-separated everywhere.
+    """
+    return posixpath.join(prefix, job_id.split("/")[-1] + ".geojson")
+
+
 @dataclass(frozen=True)
 class S3Output:
     bucket: str
     prefix: str = ""
     role: str = ""
+
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "S3", "bucket": self.bucket, "prefix": self.prefix}
@@ -239,6 +255,8 @@ def output_from_dict(raw: Any, where: str) -> Output:
         return S3Output(bucket=bucket, prefix=prefix, role=_role(raw.get("role"), f"{where}.role"))
     if kind == "Kinesis":
         stream = _resource_name(_str(raw.get("stream"), f"{where}.stream", required=True))
+        if not _STREAM_NAME.match(stream):
+            raise RequestError(f"{where}.stream", f"{stream[:80]!r} is not a valid Kinesis stream name")
         batch = raw.get("batchSize")
         # Records per PutRecords call; the service's own limit (500) caps it, as a larger value (the
         # reference's sample asks for 1000) cannot be honoured literally.
@@ -285,6 +303,11 @@ class ImageRequest:
         if not isinstance(raw, Mapping):
             raise RequestError("body", "must be a JSON object")
         job_id = _str(raw.get("jobId"), "jobId", required=True)
+        if len(job_id.encode("utf-8")) > MAX_JOB_ID_BYTES:
+            raise RequestError("jobId", f"must be at most {MAX_JOB_ID_BYTES} bytes (it is part of every table key "
+                                        f"and the Kinesis partition key), got {len(job_id.encode('utf-8'))}")
+        if not job_id.isprintable():
+            raise RequestError("jobId", "must not contain control characters")
         urls = raw.get("imageUrls")
         if not isinstance(urls, list) or not urls:
             raise RequestError("imageUrls", "must be a non-empty list of image URLs")
@@ -341,6 +364,11 @@ class ImageRequest:
         outputs = tuple(output_from_dict(o, f"outputs[{i}]") for i, o in enumerate(outputs_raw))
         if not outputs:
             raise RequestError("outputs", "at least one S3 or Kinesis output is required")
+        for i, output in enumerate(outputs):
+            key = result_key(output.prefix, job_id) if isinstance(output, S3Output) else ""
+            if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
+                raise RequestError(f"outputs[{i}].prefix", f"prefix + job id make an S3 key longer than "
+                                                           f"{MAX_S3_KEY_BYTES} bytes")
 
         props = raw.get("featureProperties") or []
         if not isinstance(props, list) or not all(isinstance(p, Mapping) for p in props):

@@ -38,10 +38,11 @@ class StatusPublisher:
     region_topic: str | None
     listener: Callable[[str, dict[str, Any]], None] | None = None
 
-    def image(self, status: str, job_id: str, image_id: str, reason: str, duration_s: float | None = None) -> None:
+    def image(self, status: str, job_id: str, image_id: str, reason: str, duration_s: float | None = None) -> bool:
+        """Publish an image status; False when SNS refused it after boto3's retries (True without a topic)."""
         attrs = {"status": status, "job_id": job_id, "image_id": image_id, "image_status": status,
                  "processing_duration": format_duration(duration_s) if duration_s else None}
-        self._publish(self.image_topic, render(status, job_id, reason), attrs)
+        return self._publish(self.image_topic, render(status, job_id, reason), attrs)
 
     def region(self, status: str, job_id: str, image_id: str, region_id: str, duration_ms: int,
                failed_tiles: list[Any] | None = None) -> None:
@@ -52,13 +53,15 @@ class StatusPublisher:
                  "processing_duration": duration_ms, "failed_tiles": failed}
         self._publish(self.region_topic, render(status, job_id, "Completed region processing"), attrs)
 
-    def _publish(self, topic: str | None, message: str, attrs: dict[str, Any]) -> None:
+    def _publish(self, topic: str | None, message: str, attrs: dict[str, Any]) -> bool:
         log.info(message, extra={"status_attributes": {k: v for k, v in attrs.items() if v}})
         if self.listener:
             self.listener(message, {k: v for k, v in attrs.items() if v})
         if not topic:
-            return
+            return True
         try:
             self.sns.publish(TopicArn=topic, Message=message, MessageAttributes=attributes(attrs))
-        except Exception:  # a status we could not send must not fail the job; it is logged
+        except Exception:  # never fatal here: the caller keeps a final status pending and tries again
             log.exception("could not publish status to %s", topic)
+            return False
+        return True

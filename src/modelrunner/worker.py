@@ -10,35 +10,47 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import enum
 import gc
 import json
 import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .aws import is_transient
 from .errors import RequestError
 from .requests import ImageRequest, RegionRequest
-from .runner.complete import fail_job, maybe_complete
+from .runner.complete import fail_job, maybe_complete, publish_final
 from .runner.image import start_image
 from .runner.region import RegionAborted, process_region
 from .runner.services import Services
+from .state.jobs import FINAL
 
 log = logging.getLogger(__name__)
+
+
+#: SQS keeps a received message invisible for at most 12 hours in all; extensions past that are refused.
+MAX_VISIBILITY_SECONDS = 12 * 3600
 
 
 @dataclass
 class Held:
     queue_url: str
     receipt: str
+    since: float = field(default_factory=time.monotonic)
+    warned: bool = False
 
 
 class Heartbeat:
-    """Extends the visibility of held messages every third of the visibility timeout."""
+    """Extends the visibility of held messages every third of the visibility timeout.
+
+    Never past SQS's 12-hour limit from the receipt (the call would fail): work that runs longer lets its
+    message return, and the step it runs is idempotent, so another worker redoes it (logged once)."""
 
     def __init__(self, sqs: Any, timeout: int) -> None:
         self.sqs = sqs
@@ -74,14 +86,45 @@ class Heartbeat:
             with self._lock:
                 held = list(self._held.values())
             for item in held:
+                left = int(MAX_VISIBILITY_SECONDS - (time.monotonic() - item.since)) - 60
+                extension = min(self.timeout, left)
+                if extension <= 0:
+                    if not item.warned:
+                        log.warning("a message held for 12 hours (SQS's visibility limit) returns to the queue; "
+                                    "its work will be redone by the next worker")
+                        item.warned = True
+                    continue
                 try:
                     self.sqs.change_message_visibility(QueueUrl=item.queue_url, ReceiptHandle=item.receipt,
-                                                       VisibilityTimeout=self.timeout)
+                                                       VisibilityTimeout=extension)
                 except Exception:
                     log.exception("could not extend visibility")
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class Outcome(enum.Enum):
+    """What becomes of a message once its handler returns: the one place messages are settled.
+
+    Delivery is at least once: a message is deleted only when its work is finished (or failed for good
+    and reported); every other path leaves it to come back, and every step it runs is idempotent."""
+
+    DONE = "done"
+    """Delete it: the work is finished, or failed for good with a FAILED status."""
+    RETRY_LATER = "retry later"
+    """Keep it: it comes back after the visibility timeout (a transient AWS error, a final status not yet
+    published, or another worker completing the job who might die)."""
+    HAND_BACK = "hand back"
+    """Make it visible now: this worker is stopping and another should take it at once."""
+
+
+def receive_count(message: dict[str, Any]) -> int:
+    """SQS's ``ApproximateReceiveCount`` of a message (1 on its first delivery)."""
+    try:
+        return int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 class Worker:
@@ -137,112 +180,172 @@ class Worker:
         return messages[0] if messages else None
 
     def poll_once(self) -> bool:
-        """Take one message (regions first) and handle it; False when both queues were empty."""
+        """Take one message (regions first), handle it and settle it; False when both queues were empty."""
         try:
-            message = self._receive(self.settings.region_queue, self.settings.region_wait_seconds)
-            if message is not None:
-                self.handle_region(message)
-                return True
-            if self.stopping.is_set():
-                return False
-            message = self._receive(self.settings.image_queue, 0 if self.settings.region_wait_seconds else 1)
-            if message is not None:
-                self.handle_image(message)
-                return True
-        except Exception:  # the worker keeps serving whatever one message did
-            log.exception("error while polling or handling a message")
+            for queue, wait, handler in (
+                    (self.settings.region_queue, self.settings.region_wait_seconds, self.handle_region),
+                    (self.settings.image_queue, 0 if self.settings.region_wait_seconds else 1, self.handle_image)):
+                if queue == self.settings.image_queue and self.stopping.is_set():
+                    return False
+                message = self._receive(queue, wait)
+                if message is not None:
+                    self.heartbeat.hold(queue, message["ReceiptHandle"])
+                    try:
+                        outcome = handler(message)
+                    except Exception:  # a bug in a handler: the message comes back; the worker keeps serving
+                        log.exception("unexpected error handling message %s", message.get("MessageId"))
+                        outcome = Outcome.RETRY_LATER
+                    self.settle(queue, message, outcome)
+                    return True
+        except Exception:  # the worker keeps serving whatever one message or one SQS call did
+            log.exception("error while polling or settling a message")
             time.sleep(1)
         finally:
             _return_free_memory()
         return False
 
-    def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> bool:
-        """Process the region, then complete its job if it was the last; False while another worker holds
-        the completion (the caller keeps its message, see :func:`maybe_complete`)."""
-        process_region(self.services, region, job=job, abort=self.abort)
-        _return_free_memory()  # the region's tiles are gone; the completion needs room
-        return maybe_complete(self.services, region.image_id)
+    def settle(self, queue_url: str, message: dict[str, Any], outcome: Outcome) -> None:
+        """Delete, keep or hand back a message, as its handler decided; the heartbeat lets go of it."""
+        receipt = message["ReceiptHandle"]
+        if outcome is Outcome.HAND_BACK:
+            self.heartbeat.hand_back(receipt)
+            return
+        self.heartbeat.release(receipt)
+        if outcome is Outcome.DONE:
+            self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=receipt)
+        else:
+            log.info("message %s kept: it returns after the visibility timeout", message.get("MessageId"))
 
-    def _delete(self, queue_url: str, message: dict[str, Any]) -> None:
-        self.heartbeat.release(message["ReceiptHandle"])
-        self.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-
-    def handle_image(self, message: dict[str, Any]) -> None:
-        queue = self.settings.image_queue
+    # Image requests ----------------------------------------------------------------------------------
+    def handle_image(self, message: dict[str, Any]) -> Outcome:
+        """Start an image request and process its first region (completing the job if it was the last)."""
         try:
             request = ImageRequest.from_message(message["Body"])
+            self.services.policy.image_path(request.image_url, "imageUrls[0]")
+            self.services.policy.check_model(request.model_invoke_mode, request.model_name)
         except RequestError as err:
-            self._reject_image(message, err)
-            self._delete(queue, message)
-            return
-        self.heartbeat.hold(queue, message["ReceiptHandle"])
+            return self._reject_image(message, err)
         try:
+            if receive_count(message) > self.settings.max_receive_count:
+                stuck = self._stuck_image(request, receive_count(message))
+                if stuck is not None:
+                    return Outcome.DONE if fail_job(self.services, request.image_id, stuck) else Outcome.RETRY_LATER
             first, job = start_image(self.services, request)
-            if first is not None and not self._run_region(first, job):
-                return  # another worker completes the job; the message comes back in case it dies
-        except RegionAborted:
-            log.warning("stopping: image message for job %s handed back", request.job_id)
-            self.heartbeat.hand_back(message["ReceiptHandle"])
-            return
-        except (ClientError, BotoCoreError):
-            # An AWS call failed after boto3's own retries: the message comes back, the job is not failed
-            # (it may be another worker's, running normally, if this was a duplicate delivery).
-            log.exception("job %s: transient AWS error; its message returns after the visibility timeout",
-                          request.job_id)
-            return
+            if first is None:  # finished by an earlier delivery: its final status may still be pending
+                return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
+            return self._run_region(first, job)
         except Exception as err:
-            log.exception("job %s failed", request.job_id)
-            fail_job(self.services, request, str(err) or type(err).__name__)
-        finally:
-            # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
-            self.heartbeat.release(message["ReceiptHandle"])
-        self._delete(queue, message)
+            return self._failed(err, f"job {request.job_id}", request.image_id)
 
-    def _reject_image(self, message: dict[str, Any], err: RequestError) -> None:
+    def _reject_image(self, message: dict[str, Any], err: RequestError) -> Outcome:
         """A request we cannot run: one FAILED status naming the field, and a FAILED job row."""
         job_id, url = "", ""
         try:
             raw = json.loads(message["Body"])
             if isinstance(raw, dict):
-                job_id = str(raw.get("jobId") or "")
+                job_id = raw.get("jobId") if isinstance(raw.get("jobId"), str) else ""
                 urls = raw.get("imageUrls")
-                url = str(urls[0]) if isinstance(urls, list) and urls else ""
+                url = urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else ""
         except (ValueError, TypeError):
             pass
-        job_id = job_id or f"unknown-{message.get('MessageId', '')}"
+        if err.field == "jobId" or not _usable_key(job_id, url):
+            job_id, url = f"unknown-{message.get('MessageId', '')}", ""  # the request's own id cannot be a key
         image_id = f"{job_id}:{url}"
         reason = str(err)
         log.error("rejected image request %s: %s", job_id, reason)
-        if self.services.jobs.create_failed(image_id, job_id, url, reason):  # once, however often redelivered
-            self.services.status.image("FAILED", job_id, image_id, reason, 0.001)
+        try:
+            created = self.services.jobs.create_failed(image_id, job_id, url, reason)
+            if not created:
+                log.warning("job %s exists already: a duplicate of a rejected request, or another job's id",
+                            image_id)
+            return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id), claimed=created) \
+                else Outcome.RETRY_LATER
+        except Exception as write_err:
+            return self._failed(write_err, f"rejected job {job_id}", None)
 
-    def handle_region(self, message: dict[str, Any]) -> None:
-        queue = self.settings.region_queue
+    def _stuck_image(self, request: ImageRequest, received: int) -> str | None:
+        """The reason to fail a job whose image message came back too often, or None if its own work (the
+        plan and the first region) is done and it only waits for the completion."""
+        job = self.services.jobs.get(request.image_id)
+        if not job or "end_time" in job:
+            return None
+        first = self.services.regions.first(request.image_id)
+        if job.get("regions_queued") and first.get("region_status") in FINAL:
+            return self._stuck_completion(job, received)
+        return (f"the image request was received {received} times and never got through its first region: "
+                f"workers processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count}), "
+                "so it is failed instead of retried")
+
+    def _stuck_completion(self, job: dict[str, Any], received: int) -> str | None:
+        attempts = int(job.get("completion_attempts", 0))
+        if attempts <= self.settings.max_receive_count:
+            return None
+        return (f"the job's completion was started {attempts} times and never finished: workers completing it "
+                f"stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count})")
+
+    # Region requests ---------------------------------------------------------------------------------
+    def handle_region(self, message: dict[str, Any]) -> Outcome:
+        """Process one region of a job (completing the job if it was the last)."""
         try:
             region = RegionRequest.from_message(message["Body"])
+            self.services.policy.image_path(region.image_url, "image_url")
+            self.services.policy.check_model(region.model_invoke_mode, region.model_name, "model_name")
         except RequestError as err:
             log.error("dropping an invalid region message %s: %s", message.get("MessageId"), err)
-            self._delete(queue, message)
-            return
-        self.heartbeat.hold(queue, message["ReceiptHandle"])
+            return Outcome.DONE
         try:
             job = self.services.jobs.get(region.image_id)
             if not job:
                 log.error("region %s belongs to no known job: dropped", region.region_id)
-            elif "end_time" not in job and not self._run_region(region, job):
-                return  # another worker completes the job; the message comes back in case it dies
-        except RegionAborted:
-            log.warning("stopping: region %s handed back", region.region_id)
-            self.heartbeat.hand_back(message["ReceiptHandle"])
-            return
+                return Outcome.DONE
+            if "end_time" in job:
+                return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
+            received = receive_count(message)
+            if received > self.settings.max_receive_count:
+                row = self.services.regions.get(region.image_id, region.region_id)
+                stuck = (f"region {region.region_id} was received {received} times and never finished: workers "
+                         f"processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count})"
+                         if row.get("region_status") not in FINAL else self._stuck_completion(job, received))
+                if stuck is not None:
+                    return Outcome.DONE if fail_job(self.services, region.image_id, stuck) else Outcome.RETRY_LATER
+            return self._run_region(region, job)
+        except Exception as err:
+            return self._failed(err, f"region {region.region_id}", region.image_id)
+
+    # Shared ------------------------------------------------------------------------------------------
+    def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> Outcome:
+        """Process the region, then complete its job if it was the last. Kept (RETRY_LATER) while another
+        worker holds the completion, so that the message comes back should that worker die."""
+        process_region(self.services, region, job=job, abort=self.abort)
+        _return_free_memory()  # the region's tiles are gone; the completion needs room
+        return Outcome.DONE if maybe_complete(self.services, region.image_id) else Outcome.RETRY_LATER
+
+    def _failed(self, err: Exception, what: str, image_id: str | None) -> Outcome:
+        """Settle a message whose handling raised: hand it back when stopping, keep it when the cause may
+        pass, else fail its job for good with the reason."""
+        if isinstance(err, RegionAborted):
+            log.warning("stopping: %s handed back", what)
+            return Outcome.HAND_BACK
+        if isinstance(err, ClientError | BotoCoreError) and is_transient(err):
+            # After boto3's own retries: the message comes back and the step is run again (it may also be
+            # a duplicate delivery of a job another worker is running normally: nothing is failed).
+            log.exception("%s: transient AWS error; the message returns after the visibility timeout", what)
+            return Outcome.RETRY_LATER
+        log.exception("%s failed", what)
+        if image_id is None:
+            return Outcome.DONE
+        try:
+            return Outcome.DONE if fail_job(self.services, image_id, str(err) or type(err).__name__) \
+                else Outcome.RETRY_LATER
         except Exception:
-            log.exception("region %s could not be processed; its message returns after the visibility timeout",
-                          region.region_id)
-            return
-        finally:
-            # Whatever happened, this worker stops extending the message: deleted below, or it comes back.
-            self.heartbeat.release(message["ReceiptHandle"])
-        self._delete(queue, message)
+            log.exception("%s: could not record the failure; the message returns", what)
+            return Outcome.RETRY_LATER
+
+
+def _usable_key(job_id: str, url: str) -> bool:
+    """Whether a rejected request's own ids can key its FAILED job row."""
+    return bool(job_id) and len(job_id.encode("utf-8", "replace")) <= 256 and \
+        len(f"{job_id}:{url}".encode("utf-8", "replace")) <= 2000 and job_id.isprintable()
 
 
 #: Container allocations between young-generation collections (CPython's default is 700).

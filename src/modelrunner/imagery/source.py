@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from osgeo import gdal
 
+from ..config import DEFAULT_IMAGE_DRIVERS
 from ..errors import ImageError
 
 # Bounded caches: worker memory must depend on region size, not image size (the reference's 10 GB
@@ -70,14 +71,32 @@ def split_s3_url(url: str) -> tuple[str, str] | None:
     return bucket, key
 
 
-def set_read_credentials(url: str, credentials: Mapping[str, str] | None) -> None:
-    """Give GDAL the credentials of an assumed ``imageReadRole`` for this bucket only."""
-    parts = split_s3_url(url)
-    if parts is None or not credentials:
-        return
-    prefix = f"/vsis3/{parts[0]}"
-    for key, value in credentials.items():
-        gdal.SetPathSpecificOption(prefix, key, value or None)
+class _ReadCredentials:
+    """GDAL options holding an assumed ``imageReadRole``'s credentials, set for one bucket's ``/vsis3/``
+    prefix only while an image that needs them is open, and cleared when the last such image closes: a
+    later request for the same bucket without the role must not read with it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+
+    def acquire(self, prefix: str, credentials: Mapping[str, str]) -> None:
+        with self._lock:
+            for key, value in credentials.items():  # fresh credentials replace older ones of the prefix
+                gdal.SetPathSpecificOption(prefix, key, value or None)
+            self._users[prefix] = self._users.get(prefix, 0) + 1
+
+    def release(self, prefix: str) -> None:
+        with self._lock:
+            left = self._users.get(prefix, 1) - 1
+            if left > 0:
+                self._users[prefix] = left
+                return
+            self._users.pop(prefix, None)
+            gdal.ClearPathSpecificOptions(prefix)
+
+
+_read_credentials = _ReadCredentials()
 
 
 _EXTENSIONS = {"GTIFF": "TIFF", "COG": "TIFF", "NITF": "NITF", "JPEG": "JPEG", "PNG": "PNG", "JP2OPENJPEG": "JP2"}
@@ -102,9 +121,10 @@ class ImageInfo:
 class ImageSource:
     """An open image: metadata and window reads. Owned by one thread."""
 
-    def __init__(self, url: str, dataset: gdal.Dataset) -> None:
+    def __init__(self, url: str, dataset: gdal.Dataset, credential_prefix: str | None = None) -> None:
         self.url = url
         self.dataset = dataset
+        self._credential_prefix = credential_prefix
         band = dataset.GetRasterBand(1) if dataset.RasterCount else None
         self.info = ImageInfo(
             width=dataset.RasterXSize,
@@ -115,18 +135,33 @@ class ImageSource:
         )
 
     @classmethod
-    def open(cls, url: str) -> ImageSource:
+    def open(cls, url: str, *, drivers: Sequence[str] = DEFAULT_IMAGE_DRIVERS,
+             credentials: Mapping[str, str] | None = None) -> ImageSource:
+        """Open ``url`` (``s3://`` or a local path, already checked by :mod:`modelrunner.policy`) with only
+        the raster ``drivers`` allowed; ``credentials`` (an assumed role's, for ``s3://``) are GDAL's for
+        that bucket until the image is closed."""
         configure_gdal()
         path = gdal_path(url)
+        parts = split_s3_url(url)
+        prefix = f"/vsis3/{parts[0]}" if parts is not None and credentials else None
+        if prefix is not None and credentials:
+            _read_credentials.acquire(prefix, credentials)
         try:
-            dataset = gdal.Open(path, gdal.GA_ReadOnly)
-        except RuntimeError as err:
-            raise ImageError(f"cannot open image {url}: {err}") from None
-        if dataset is None:
-            raise ImageError(f"cannot open image {url}")
-        if dataset.RasterCount == 0 or dataset.RasterXSize == 0 or dataset.RasterYSize == 0:
-            raise ImageError(f"image {url} has no raster data")
-        return cls(url, dataset)
+            try:
+                dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY, allowed_drivers=list(drivers))
+            except RuntimeError as err:
+                raise ImageError(f"cannot open image {url}: {err}") from None
+            if dataset is None:
+                raise ImageError(f"cannot open image {url}: not a raster GDAL can read with the allowed drivers "
+                                 f"({', '.join(drivers)})")
+            if dataset.RasterCount == 0 or dataset.RasterXSize == 0 or dataset.RasterYSize == 0:
+                raise ImageError(f"image {url} has no raster data ({dataset.RasterXSize} x {dataset.RasterYSize} "
+                                 f"pixels, {dataset.RasterCount} bands)")
+        except BaseException:
+            if prefix is not None:
+                _read_credentials.release(prefix)
+            raise
+        return cls(url, dataset, prefix)
 
     def read(self, col: int, row: int, width: int, height: int, out: np.ndarray | None = None) -> np.ndarray:
         """Pixels of a window as (bands, height, width), the image's own data type; into ``out`` (an array of
@@ -147,6 +182,9 @@ class ImageSource:
 
     def close(self) -> None:
         self.dataset = None  # type: ignore[assignment]
+        if self._credential_prefix is not None:
+            _read_credentials.release(self._credential_prefix)
+            self._credential_prefix = None
 
     def __enter__(self) -> ImageSource:
         return self

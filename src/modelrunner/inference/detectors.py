@@ -1,8 +1,13 @@
 """Where a model is called: tile bytes in, a GeoJSON FeatureCollection (a dict) out.
 
 Two endpoint kinds, as the reference: SageMaker runtime ``InvokeEndpoint`` (botocore's adaptive retry mode
-does throttling and 5xx back-off) and a plain HTTP POST (urllib3's Retry does the same for HTTP). Unlike the
-reference, HTTP non-2xx answers are errors, a Content-Type is sent, and TLS is verified unless configured off.
+does throttling and 5xx back-off, with its client-side rate limit) and a plain HTTP POST. A detector makes
+one call; the tile step retries what failed (``MR_MAX_TILE_ATTEMPTS``, see ``runner/tiles.py``), so every
+kind of failure (a 5xx, throttling, a dropped connection, a body that is not JSON, bad geometry) gets the
+same bounded, jittered back-off. Errors say whether retrying can help: an endpoint that does not exist or
+refuses us cannot, and the region stops calling it. Unlike the reference, HTTP non-2xx answers are errors,
+redirects are not followed (a model URL must not bounce the worker elsewhere), and TLS is verified unless
+configured off.
 """
 
 from __future__ import annotations
@@ -59,8 +64,13 @@ _DIGITS = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in 
 _LONG_RUN = b"0" * 19  # 19 digits can exceed a signed 64-bit integer
 
 
+#: SageMaker runtime error codes that mean the endpoint cannot serve us at all (missing, forbidden).
+_SAGEMAKER_DOWN = ("ValidationError", "AccessDeniedException", "UnrecognizedClientException",
+                   "ExpiredTokenException", "InvalidSignatureException")
+
+
 class SageMakerDetector:
-    """SageMaker runtime ``InvokeEndpoint``; retries are botocore's (adaptive mode, set in ``aws.py``)."""
+    """SageMaker runtime ``InvokeEndpoint``; transport retries are botocore's (adaptive mode, ``aws.py``)."""
 
     def __init__(self, client: Any, endpoint: str, parameters: Mapping[str, Any] | None = None) -> None:
         self.client = client
@@ -72,7 +82,9 @@ class SageMakerDetector:
             response = self.client.invoke_endpoint(EndpointName=self.name, Body=payload, **self.parameters)
             body = response["Body"].read()
         except ClientError as err:
-            raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
+            code = err.response.get("Error", {}).get("Code", "")
+            raise InferenceError(f"SageMaker endpoint {self.name}: {err}", endpoint_down=code in _SAGEMAKER_DOWN
+                                 ) from None
         except BotoCoreError as err:
             raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
         return _parse(body, f"SageMaker endpoint {self.name}")
@@ -81,15 +93,19 @@ class SageMakerDetector:
 class HttpDetector:
     """A plain HTTP model endpoint: POST the tile bytes to the URL (``imageProcessor.name``)."""
 
-    RETRY_STATUSES = (429, 500, 502, 503, 504)
+    #: Answers after which another attempt of the same tile may succeed.
+    RETRY_STATUSES = (408, 425, 429, 500, 502, 503, 504)
+    #: Answers that mean the endpoint is not there for us: the region stops sending it tiles.
+    DOWN_STATUSES = (401, 403, 404, 405)
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 60.0, verify_tls: bool = True,
-                 retries: int = 5, backoff: float = 0.2, content_type: str = "application/octet-stream",
+                 content_type: str = "application/octet-stream",
                  parameters: Mapping[str, Any] | None = None) -> None:
         self.name = url
-        retry = urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                              status_forcelist=self.RETRY_STATUSES, allowed_methods=None,
-                              raise_on_status=False, respect_retry_after_header=True)
+        # One quick reconnect for a keep-alive connection the server closed; every other retry is the tile
+        # step's, with its back-off. Never a redirect.
+        retry = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0, allowed_methods=None,
+                              raise_on_status=False, raise_on_redirect=False)
         self._pool = urllib3.PoolManager(num_pools=4, maxsize=max(1, pool_size), block=True, retries=retry,
                                          timeout=urllib3.Timeout(connect=10.0, read=timeout),
                                          cert_reqs="CERT_REQUIRED" if verify_tls else "CERT_NONE")
@@ -104,7 +120,9 @@ class HttpDetector:
         except urllib3.exceptions.HTTPError as err:
             raise InferenceError(f"HTTP endpoint {self.name}: {err}") from None
         if not 200 <= response.status < 300:
-            raise InferenceError(f"HTTP endpoint {self.name} answered {response.status}: {response.data[:200]!r}")
+            raise InferenceError(f"HTTP endpoint {self.name} answered {response.status}: {response.data[:200]!r}",
+                                 retriable=response.status in self.RETRY_STATUSES,
+                                 endpoint_down=response.status in self.DOWN_STATUSES)
         return _parse(response.data, f"HTTP endpoint {self.name}")
 
     def close(self) -> None:

@@ -14,11 +14,24 @@ Two ways in, same answer (a GeoJSON FeatureCollection from :mod:`modelrunner.loc
 
 Failure injection, for the runner's retry tests, is deterministic: with ``fail_rate`` p = a/b (as a
 fraction), invocation n (counted from 1 across both paths) fails when ``floor(n*a/b) > floor((n-1)*a/b)``,
-i.e. exactly p of the requests, evenly spread (p = 0.25 fails requests 4, 8, 12, ...). A failure is a 500;
-on the runtime path ``fail_mode="internal"`` answers it as SageMaker's ``InternalFailure`` (500, which
-botocore itself retries), ``fail_mode="model"`` as ``ModelError`` (424, what SageMaker returns when the
-container fails; botocore does not retry it). An undecodable body is a 400 on the container path and,
-as SageMaker relays container errors, a ``ModelError`` with ``OriginalStatusCode`` 400 on the runtime path.
+i.e. exactly p of the requests, evenly spread (p = 0.5 fails requests 2, 4, 6, ...). How a request fails is
+``fail_mode``:
+
+- ``internal``: a 500 (on the runtime path SageMaker's ``InternalFailure``, which botocore itself retries);
+- ``model``: a 500 from the container, on the runtime path SageMaker's ``ModelError`` (424, not retried by
+  botocore);
+- ``throttle``: 429 on the container path, ``ThrottlingException`` (400) on the runtime path;
+- ``empty``: 200 with an empty body; ``garbage``: 200 with a body that is not JSON; ``badgeometry``: 200
+  with a FeatureCollection whose geometry is malformed;
+- ``drop``: the connection is closed without an answer; ``slow``: the answer comes after ``slow_ms``.
+
+An undecodable body is a 400 on the container path and, as SageMaker relays container errors, a
+``ModelError`` with ``OriginalStatusCode`` 400 on the runtime path. With ``strict_endpoints`` the runtime
+path answers an ``EndpointName`` that names no model as SageMaker does for a missing endpoint
+(``ValidationError``, 400). ``POST /control`` with a JSON object of these settings (``fail_rate``,
+``fail_mode``, ``slow_ms``, ``delay_ms``, ``strict_endpoints``) changes them while the server runs and
+restarts the failure count, so one server can play each fault in turn; ``GET /stats`` answers the
+invocation and failure counts.
 
 The server is ``http.server.ThreadingHTTPServer`` (one thread per connection) with HTTP/1.1 keep-alive
 and TCP_NODELAY, each answer written with a single ``write``: with a few keep-alive client threads the
@@ -41,7 +54,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,7 +70,7 @@ log = logging.getLogger(__name__)
 
 #: Largest request body accepted (a 4096 x 4096 x 4 band float32 tile is 256 MiB).
 MAX_BODY_BYTES = 512 * 1024 * 1024
-FAIL_MODES = ("internal", "model")
+FAIL_MODES = ("internal", "model", "throttle", "empty", "garbage", "badgeometry", "drop", "slow")
 _RUNTIME_PREFIX = "/endpoints/"
 _RUNTIME_SUFFIX = "/invocations"
 _PRODUCTION_VARIANT = "AllTraffic"
@@ -73,6 +86,8 @@ class ServerConfig:
     fail_rate: float = 0.0
     fail_mode: str = "internal"
     delay_ms: float = 0.0
+    slow_ms: float = 5000.0
+    strict_endpoints: bool = False
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,8 +97,8 @@ class ServerConfig:
             raise ValueError(f"fail_rate must be in [0, 1], got {self.fail_rate}")
         if self.fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {FAIL_MODES}, got {self.fail_mode!r}")
-        if self.delay_ms < 0:
-            raise ValueError(f"delay_ms must be >= 0, got {self.delay_ms}")
+        if self.delay_ms < 0 or self.slow_ms < 0:
+            raise ValueError(f"delay_ms and slow_ms must be >= 0, got {self.delay_ms}, {self.slow_ms}")
         if self.flood_count < 0 or self.seed < 0:
             raise ValueError("flood_count and seed must be >= 0")
 
@@ -156,6 +171,12 @@ class _HTTPServer(ThreadingHTTPServer):
         else:
             log.exception("error while serving %s", client_address)
 
+    def reconfigure(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``/control`` changes (validated as a new :class:`ServerConfig`) and restart the count."""
+        config = replace(self.config, **changes)
+        self.config = config
+        self.failures = _FailureSchedule(config.fail_rate)
+
     def close_connections(self) -> None:
         """Shut down every open client connection, so idle keep-alive handler threads end now."""
         with self._connections_lock:
@@ -191,6 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/ping":
             self._send(HTTPStatus.OK, b"\n", "text/plain")
+        elif path == "/stats":
+            failures = self.server.failures
+            self._send_json(HTTPStatus.OK, {"invocations": failures.count, "failed": failures.failed})
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
 
@@ -203,9 +227,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drain_body()
                 self._runtime_error(HTTPStatus.BAD_REQUEST, "ValidationError", f"bad endpoint path: {path}")
                 return
+            if endpoint not in MODELS and self.server.config.strict_endpoints:
+                self._drain_body()
+                self._runtime_error(HTTPStatus.BAD_REQUEST, "ValidationError",
+                                    f"Endpoint {endpoint} of account 123456789012 not found.")
+                return
             model = endpoint if endpoint in MODELS else self.server.config.model
         elif path == "/invocations":
             model = self.server.config.model
+        elif path == "/control":
+            self._control()
+            return
         else:
             self._drain_body()
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
@@ -221,19 +253,26 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._invoke(model, body, runtime)
 
+    def _control(self) -> None:
+        """Change the failure injection while serving (tests play one fault after another)."""
+        try:
+            changes = json.loads(self._read_body() or b"{}")
+            allowed = {"fail_rate", "fail_mode", "slow_ms", "delay_ms", "strict_endpoints"}
+            if not isinstance(changes, dict) or set(changes) - allowed:
+                raise ValueError(f"expected an object with keys among {sorted(allowed)}")
+            self.server.reconfigure(changes)
+        except (ValueError, TypeError, _BadRequest) as err:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(err)})
+            return
+        self._send_json(HTTPStatus.OK, {"ok": True})
+
     def _invoke(self, model: str, body: bytes, runtime: bool) -> None:
         config = self.server.config
         number, fail = self.server.failures.next()
         if config.delay_ms > 0:
             time.sleep(config.delay_ms / 1000.0)
         if fail:
-            message = f"injected failure for invocation {number} (fail rate {config.fail_rate})"
-            if not runtime:
-                self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
-            elif config.fail_mode == "model":
-                self._model_error(HTTPStatus.INTERNAL_SERVER_ERROR, message)
-            else:
-                self._runtime_error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalFailure", message)
+            self._fail(config, number, runtime)
             return
         try:
             result = run_model(model, body, **config.options_for(model))
@@ -252,6 +291,38 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {"x-Amzn-Invoked-Production-Variant": _PRODUCTION_VARIANT} if runtime else {}
         self._send_json(HTTPStatus.OK, result, headers)
+
+    def _fail(self, config: ServerConfig, number: int, runtime: bool) -> None:
+        """Answer invocation ``number`` with the configured fault (see the module docstring)."""
+        message = f"injected {config.fail_mode} failure for invocation {number} (fail rate {config.fail_rate})"
+        mode = config.fail_mode
+        if mode == "drop":
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if mode == "slow":
+            time.sleep(config.slow_ms / 1000.0)
+            mode = "internal"  # if the client is still waiting, it gets an error
+        if mode == "empty":
+            self._send(HTTPStatus.OK, b"", "application/json")
+        elif mode == "garbage":
+            self._send(HTTPStatus.OK, b"<html>upstream proxy error</html>", "application/json")
+        elif mode == "badgeometry":
+            self._send_json(HTTPStatus.OK, {"type": "FeatureCollection", "features": [
+                {"type": "Feature", "geometry": None,
+                 "properties": {"imageGeometry": {"type": "Polygon", "coordinates": "not coordinates"}}}]})
+        elif mode == "throttle":
+            if runtime:
+                self._runtime_error(HTTPStatus.BAD_REQUEST, "ThrottlingException", message)
+            else:
+                self._send_json(HTTPStatus.TOO_MANY_REQUESTS, {"error": message}, {"Retry-After": "0"})
+        elif not runtime:
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": message})
+        elif mode == "model":
+            self._model_error(HTTPStatus.INTERNAL_SERVER_ERROR, message)
+        else:
+            self._runtime_error(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalFailure", message)
 
     def _read_body(self) -> bytes:
         """Read the request body, framed by Content-Length or chunked transfer encoding."""
@@ -366,6 +437,8 @@ class ModelServer:
         fail_rate: float = 0.0,
         fail_mode: str = "internal",
         delay_ms: float = 0.0,
+        slow_ms: float = 5000.0,
+        strict_endpoints: bool = False,
         model_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.config = ServerConfig(
@@ -375,6 +448,8 @@ class ModelServer:
             fail_rate=fail_rate,
             fail_mode=fail_mode,
             delay_ms=delay_ms,
+            slow_ms=slow_ms,
+            strict_endpoints=strict_endpoints,
             model_options=dict(model_options or {}),
         )
         self._address = (host, port)
@@ -495,9 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-mode",
         choices=FAIL_MODES,
         default="internal",
-        help="runtime-path failure: internal = 500 InternalFailure, model = 424 ModelError",
+        help="how an injected failure answers (see the module docstring)",
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="extra latency per invocation")
+    parser.add_argument("--slow-ms", type=float, default=5000.0, help="latency of a 'slow' failure")
+    parser.add_argument("--strict-endpoints", action="store_true",
+                        help="runtime path: an endpoint name that names no model is 'not found'")
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level on stderr (DEBUG logs requests)"
     )
@@ -519,6 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fail_rate=args.fail_rate,
         fail_mode=args.fail_mode,
         delay_ms=args.delay_ms,
+        slow_ms=args.slow_ms,
+        strict_endpoints=args.strict_endpoints,
     )
     server.bind()
 

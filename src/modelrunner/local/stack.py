@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -154,6 +155,9 @@ class Resources:
             "AWS_VIRTUAL_HOSTING": "FALSE",
             # Fewer glibc malloc arenas: tile threads otherwise each keep their own (as in the Dockerfile).
             "MALLOC_ARENA_MAX": "2",
+            # Test images live in temporary folders; models on loopback.
+            "MR_LOCAL_IMAGE_ROOT": tempfile.gettempdir(),
+            "MR_HTTP_ENDPOINT_HOSTS": "127.0.0.1,localhost",
         }
         if model_url:
             env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = model_url

@@ -1,8 +1,13 @@
 """Complete a job: exactly one worker loads every region's result, merges across region seams, writes
-the outputs (S3 first, then Kinesis) and ends the job SUCCESS / PARTIAL / FAILED once."""
+the outputs (S3 first, then Kinesis) and ends the job SUCCESS / PARTIAL / FAILED once.
+
+The final status is written to the job row first, as pending, and published after; whoever touches the
+job next (the redelivered message, another region's message) publishes a status still pending, so a worker
+killed between the two, or an SNS outage, never loses it (:func:`publish_final`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -10,10 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..aws import is_transient
 from ..errors import SinkError
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
-from ..imagery.source import ImageSource, set_read_credentials
 from ..requests import DistillationOption, ImageRequest, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from .region import Relocate, relocator
@@ -41,14 +48,42 @@ def maybe_complete(services: Services, image_id: str) -> bool:
                                    name="completion-lease")
         renewer.start()
         try:
-            complete(services, image_id)
+            ended = complete(services, image_id) is not None
+        except BaseException:
+            # Outputs could not be written for now (an AWS error after boto3's retries): the job stays
+            # open and the next delivery of a message of this job claims the completion at once.
+            stop.set()
+            with contextlib.suppress(Exception):
+                services.jobs.release_claim(image_id, services.worker_id)
+            raise
         finally:
             stop.set()
             services.features.forget(image_id)
-        return True
+        return publish_final(services, services.jobs.get(image_id), claimed=ended)
     job = services.jobs.get(image_id)
+    if "end_time" in job:
+        return publish_final(services, job)
     all_done = int(job.get("region_count", 0)) > 0 and job.get("regions_done") == job.get("region_count")
-    return "end_time" in job or not all_done
+    return not all_done
+
+
+def publish_final(services: Services, job: dict[str, Any], *, claimed: bool = False) -> bool:
+    """Publish the job's final status if it is still pending; True when nothing is pending any more.
+
+    ``claimed``: this worker just ended the job (ending it claims the publication). False means it could not
+    be published now (SNS failed, or another worker is publishing it): the caller keeps its message, which
+    comes back and tries again."""
+    if "end_time" not in job or job.get("status_published", True) is not False:
+        return True
+    image_id = str(job["image_id"])
+    if not claimed and not services.jobs.claim_publish(image_id, services.settings.visibility_timeout):
+        current = services.jobs.get(image_id)
+        return current.get("status_published", True) is not False
+    if not services.status.image(str(job.get("job_status", "FAILED")), str(job.get("job_id", "")), image_id,
+                                 str(job.get("status_reason", "")), float(job.get("processing_duration") or 0.001)):
+        return False
+    services.jobs.mark_published(image_id)
+    return True
 
 
 def _renew(services: Services, image_id: str, period: float, stop: threading.Event) -> None:
@@ -86,36 +121,67 @@ def complete(services: Services, image_id: str) -> str | None:
     reasons = [reason for _, reason in written_by if reason]
     for result in sink_results:
         reasons.extend(result.reasons)
-
-    success = int(job.get("region_success", 0))
-    errors = int(job.get("region_error", 0))
-    failed_tiles = sum(int(r.get("failed_tile_count", 0)) for r in rows)
-    written = [r for r in sink_results if r.features_written or not r.features_failed]
-    if not written or success == 0:
-        status = "FAILED"
-    elif errors or reasons or any(r.features_failed for r in sink_results):
-        status = "PARTIAL"
-    else:
-        status = "SUCCESS"
-    reason = "Completed image processing"
-    if status != "SUCCESS":
-        details = [f"{errors} of {success + errors} regions had errors ({failed_tiles} tiles failed)"] if errors else []
-        reason = f"{reason}: " + "; ".join(details + reasons[:5]) if details or reasons else reason
+    status, reason = job_outcome(rows, sink_results, reasons)
     fields: dict[str, Any] = {
-        "feature_count": len(merged), "raw_feature_count": raw_count, "failed_tile_count": failed_tiles,
+        "feature_count": len(merged), "raw_feature_count": raw_count,
+        "failed_tile_count": sum(int(r.get("failed_tile_count", 0)) for r in rows),
         "outputs_written": json.dumps([r.sink for r in sink_results]),
     }
     duration = services.jobs.end(image_id, status, reason, fields)
     if duration is None:
         log.info("job %s was ended by another worker", request.job_id)
         return None
-    services.status.image(status, request.job_id, image_id, reason, duration)
     services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
                                               "InputFormat": str(job.get("image_extension", "UNKNOWN"))},
                           {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
                            "Errors": (1 if status != "SUCCESS" else 0, "Count")})
     services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
     return status
+
+
+#: Distinct failure causes quoted in a final status reason (the region rows keep more).
+MAX_REASONS_IN_STATUS = 5
+
+
+def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink_reasons: list[str]
+                ) -> tuple[str, str]:
+    """The job's final status and reason from its region rows and what the outputs took.
+
+    FAILED when no output could be written or no tile produced anything; PARTIAL when some tiles or
+    regions failed or an output lost features (whenever some tiles succeeded, never FAILED); else SUCCESS.
+    The reason gives the counts and the underlying causes (the endpoint's answer, GDAL's error)."""
+    total = sum(int(r.get("total_tiles", 0)) for r in rows)
+    failed = sum(int(r.get("failed_tile_count", 0)) for r in rows)
+    broken = [r for r in rows if r.get("region_status") == "FAILED" and int(r.get("failed_tile_count", 0)) == 0]
+    succeeded = total - failed - sum(int(r.get("total_tiles", 0)) for r in broken)
+    written = [r for r in sink_results if r.features_written or not r.features_failed]
+    if not written or succeeded <= 0:
+        status = "FAILED"
+    elif failed or broken or sink_reasons or any(r.features_failed for r in sink_results):
+        status = "PARTIAL"
+    else:
+        status = "SUCCESS"
+    reason = "Completed image processing"
+    if status == "SUCCESS":
+        return status, reason
+    causes: list[str] = []
+    for row in rows:
+        for cause in row.get("failed_tile_reasons") or []:
+            if cause not in causes:
+                causes.append(str(cause))
+        message = row.get("message")
+        if row in broken and message and message not in causes:
+            causes.append(str(message))
+    details = []
+    if failed:
+        details.append(f"{failed} of {total} tiles failed")
+    if broken:
+        details.append(f"{len(broken)} of {len(rows)} regions could not be processed")
+    details.extend(causes[:MAX_REASONS_IN_STATUS])
+    if len(causes) > MAX_REASONS_IN_STATUS:
+        details.append(f"and {len(causes) - MAX_REASONS_IN_STATUS} more causes on the region rows")
+    details.extend(sink_reasons[:MAX_REASONS_IN_STATUS])
+    return status, f"{reason}: " + "; ".join(details) if details else reason
 
 
 KINESIS_CALLS_IN_FLIGHT = 2
@@ -140,6 +206,11 @@ def _write_output(services: Services, job_id: str, output: Output,
         return result, None
     except SinkError as err:
         return None, str(err)
+    except (ClientError, BotoCoreError) as err:
+        if is_transient(err):
+            raise  # the completion is retried (its message comes back), never a SUCCESS without this output
+        log.exception("output %s failed", output)
+        return None, f"{output.to_dict()['type']} output failed: {err}"
     except Exception as err:  # an output we could not write is reported, never swallowed
         log.exception("output %s failed", output)
         return None, f"{output.to_dict()['type']} output failed: {err}"
@@ -172,10 +243,7 @@ class _LazyRelocate:
             settings = self.services.settings
             to_world = None
             if self.request.georegistration != "NONE":
-                if self.request.image_read_role:
-                    set_read_credentials(self.request.image_url,
-                                         self.services.aws.assumed_credentials(self.request.image_read_role))
-                with ImageSource.open(self.request.image_url) as source:
+                with self.services.open_image(self.request.image_url, self.request.image_read_role) as source:
                     geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
                                                         settings.elevation_data_extension)
                 to_world = geolocator.to_world if geolocator is not None else None
@@ -183,8 +251,8 @@ class _LazyRelocate:
         return self._relocate(feature)
 
 
-def fail_job(services: Services, request: ImageRequest, reason: str) -> None:
-    """End a started job FAILED with the reason (once: a second call does nothing)."""
-    duration = services.jobs.end(request.image_id, "FAILED", reason)
-    if duration is not None:
-        services.status.image("FAILED", request.job_id, request.image_id, reason, duration)
+def fail_job(services: Services, image_id: str, reason: str) -> bool:
+    """End a started job FAILED with the reason (once: a second call does nothing); True once its final
+    status (this one, or the one another worker wrote first) is published."""
+    ended = services.jobs.end(image_id, "FAILED", reason) is not None
+    return publish_final(services, services.jobs.get(image_id), claimed=ended)

@@ -13,10 +13,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..errors import ImageError
+from ..errors import ImageError, RequestError
 from ..imagery.geolocate import Geolocator
-from ..imagery.source import ImageSource, set_read_credentials, split_s3_url
-from ..requests import ImageRequest, RegionRequest
+from ..imagery.source import ImageSource, split_s3_url
+from ..requests import ImageRequest, RegionRequest, S3Output
 from .plan import plan_image
 from .services import Services
 
@@ -35,6 +35,40 @@ def _check_s3_object(services: Services, request: ImageRequest) -> None:
         if code in ("404", "NoSuchKey", "NotFound", "403", "AccessDenied", "NoSuchBucket"):
             raise ImageError(f"image {request.image_url} cannot be read from S3 ({code})") from None
         raise  # throttling or a 5xx after boto3's retries: transient, the message comes back
+
+
+_MISSING = ("404", "NoSuchBucket", "NotFound", "ResourceNotFoundException", "403", "AccessDenied",
+            "AccessDeniedException", "Forbidden")
+
+
+def _check_outputs(services: Services, request: ImageRequest) -> None:
+    """Fail a job whose outputs do not exist (or are not ours to write) before any tile is processed,
+    instead of after the whole image. Transient errors pass through: the message comes back."""
+    for i, output in enumerate(request.outputs):
+        clients = services.aws.for_role(output.role)
+        try:
+            if isinstance(output, S3Output):
+                clients.s3.head_bucket(Bucket=output.bucket)
+            else:
+                summary = clients.kinesis.describe_stream_summary(StreamName=output.stream)
+                state = summary["StreamDescriptionSummary"]["StreamStatus"]
+                if state not in ("ACTIVE", "UPDATING"):
+                    raise RequestError(f"outputs[{i}].stream", f"stream {output.stream} is {state}, not writable")
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            if code not in _MISSING:
+                raise
+            what = f"bucket {output.bucket}" if isinstance(output, S3Output) else f"stream {output.stream}"
+            field = f"outputs[{i}].{'bucket' if isinstance(output, S3Output) else 'stream'}"
+            raise RequestError(field, f"{what} does not exist or cannot be written by this worker ({code})") from None
+
+
+def _check_size(services: Services, source: ImageSource) -> None:
+    """Refuse an image larger than the configured cap before planning thousands of tiles for it."""
+    width, height, cap = source.info.width, source.info.height, services.settings.max_image_pixels
+    if width * height > cap:
+        raise ImageError(f"image {source.url} has {width} x {height} = {width * height:,} pixels, more than this "
+                         f"worker accepts (MR_MAX_IMAGE_PIXELS = {cap:,})")
 
 
 def _extents(geolocator: Geolocator | None, width: int, height: int) -> str | None:
@@ -58,10 +92,10 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
     else:
         services.status.image("STARTED", request.job_id, request.image_id, "Started image request")
 
+    _check_outputs(services, request)
     _check_s3_object(services, request)
-    if request.image_read_role:
-        set_read_credentials(request.image_url, services.aws.assumed_credentials(request.image_read_role))
-    with ImageSource.open(request.image_url) as source:
+    with services.open_image(request.image_url, request.image_read_role) as source:
+        _check_size(services, source)
         geolocator = Geolocator.for_dataset(source.dataset, services.settings.elevation_data_location,
                                             services.settings.elevation_data_extension)
         plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,

@@ -10,16 +10,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ModelRunnerError
-from ..features.convert import Feature, finish, geolocate, image_shape, place_features, to_image_features
-from ..features.seams import FeatureSet, Window, feature_text, merge_seams, merge_set
-from ..imagery.encode import encode_tile
+from ..features.convert import Feature, geolocate
+from ..features.seams import FeatureSet, Window, merge_seams
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
@@ -28,6 +26,7 @@ from ..inference.pool import BatchWriter, bounded_map, prefetch
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
 from .services import Services
+from .tiles import RetryPolicy, TileFailed, TileStep
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -72,7 +71,11 @@ def _strips(source: ImageSource, tiles_by_row: list[list[Tile]]) -> Iterator[_Ti
 
 def process_region(services: Services, region: RegionRequest, *, job: dict[str, Any],
                    abort: threading.Event | None = None) -> RegionOutcome:
-    """Run every tile of the region; the region row ends final and the job counts it, once."""
+    """Run every tile of the region; the region row ends final and the job counts it, once.
+
+    A region that cannot be processed (its image cannot be read, say) ends FAILED with the reason and is
+    counted; an AWS error after boto3's retries is raised instead, leaving the region unfinished, so that
+    its message comes back and the region is run again."""
     started = time.monotonic()
     start_ms = int(time.time() * 1000)
     before = services.regions.start(region, services.worker_id)
@@ -82,33 +85,33 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
 
     attempt = f"{services.worker_id}@{start_ms}"
     message = None
-    raw_count = total = chunks = 0
-    failed: list[Any] = []
-    succeeded: list[Any] = []
-    merged = FeatureSet.concat([])
+    chunks = 0
+    result = RegionResult()
     try:
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        merged, raw_count, total, succeeded, failed = _run_tiles(services, region, job, option, abort)
-        chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, merged)
-        status = "FAILED" if total == 0 or len(failed) == total else "PARTIAL" if failed else "SUCCESS"
-    except RegionAborted:
+        result = _run_tiles(services, region, job, option, abort)
+        chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, result.merged)
+        status = result.status
+        message = result.message
+    except (RegionAborted, ClientError, BotoCoreError):
         raise
     except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
         log.exception("region %s failed", region.region_id)
         message = f"Failed to process image region: {err}"
-        status, chunks, merged, raw_count = "FAILED", 0, FeatureSet.concat([]), 0
+        status, chunks, result = "FAILED", 0, RegionResult(total=result.total)
     counted = services.regions.finish(
-        services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=succeeded,
-        failed=failed, total=total, message=message, feature_count=len(merged),
-        extra={"result_chunks": chunks, "result_attempt": attempt, "raw_feature_count": raw_count})
+        services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=result.succeeded,
+        failed=result.failed, total=result.total, message=message, feature_count=len(result.merged),
+        extra={"result_chunks": chunks, "result_attempt": attempt, "raw_feature_count": result.raw_count,
+               "failed_tile_reasons": result.failure_reasons() or None})
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
-        services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, failed)
+        services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, result.failed)
         services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
                                                    "InputFormat": region.image_extension or "UNKNOWN"},
                               {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),
                                "Errors": (1 if status != "SUCCESS" else 0, "Count")})
-    return RegionOutcome(region.region_id, status, total, failed, len(merged), counted,
+    return RegionOutcome(region.region_id, status, result.total, result.failed, len(result.merged), counted,
                          time.monotonic() - started)
 
 
@@ -116,27 +119,57 @@ def _json(value: Any, default: Any) -> Any:
     return json.loads(value) if isinstance(value, str) and value else default
 
 
+#: Failure reasons kept on a region row (the first ones; each cut to REASON_CHARS characters).
+MAX_REASONS = 10
+REASON_CHARS = 500
+
+
 @dataclass
-class _TileResult:
-    raw_texts: list[str]  # every feature the model found (GeoJSON), for the feature table
-    merged: FeatureSet  # the tile's features after merging inside the tile
+class RegionResult:
+    """What a region's tiles produced: the merged features and the tile bookkeeping."""
+
+    merged: FeatureSet = field(default_factory=lambda: FeatureSet.concat([]))
+    raw_count: int = 0
+    total: int = 0
+    succeeded: list[Any] = field(default_factory=list)
+    failed: list[Any] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)  # failure reason -> tiles that failed with it
+
+    @property
+    def status(self) -> str:
+        """The reference's region status: FAILED when no tile succeeded, PARTIAL when some failed."""
+        if self.total == 0 or len(self.failed) == self.total:
+            return "FAILED"
+        return "PARTIAL" if self.failed else "SUCCESS"
+
+    @property
+    def message(self) -> str | None:
+        """Why tiles failed, for the region row and the job's final status (None when none did)."""
+        if not self.failed:
+            return None
+        return f"{len(self.failed)} of {self.total} tiles failed: " + "; ".join(self.failure_reasons()[:3])
+
+    def failure_reasons(self) -> list[str]:
+        """The distinct reasons, most frequent first, each with its tile count."""
+        ordered = sorted(self.reasons.items(), key=lambda item: -item[1])[:MAX_REASONS]
+        return [f"{reason[:REASON_CHARS]} ({count} tile{'s' if count > 1 else ''})" for reason, count in ordered]
+
+    def fail(self, key: Any, reason: str) -> None:
+        self.failed.append(key)
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
 def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], option: DistillationOption,
-               abort: threading.Event | None) -> tuple[FeatureSet, int, int, list[Any], list[Any]]:
-    """Run the region's tiles; returns the region's merged features, the raw feature count, the tile count,
-    and the succeeded and failed tiles.
+               abort: threading.Event | None) -> RegionResult:
+    """Run the region's tiles through a :class:`~modelrunner.runner.tiles.TileStep` on the thread pool.
 
     Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
     the tile), while the model is being waited on for other tiles; the region keeps only compact
     :class:`FeatureSet` s and merges them across the tile seams at the end.
     """
     settings = services.settings
-    if region.image_read_role:
-        from ..imagery.source import set_read_credentials
-
-        set_read_credentials(region.image_url, services.aws.assumed_credentials(region.image_read_role))
-    with ImageSource.open(region.image_url) as source:
+    result = RegionResult()
+    with services.open_image(region.image_url, region.image_read_role) as source:
         georef = Georeference.of(source.dataset)
         geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
                                             settings.elevation_data_extension)
@@ -145,70 +178,53 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
         cols, rows = plan.grid.index_ranges(region.region_bounds)
         tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
         tiles_by_row = [row for row in tiles_by_row if row]
-        total = sum(len(row) for row in tiles_by_row)
-        detector = services.detector(region)
-        job_id = region.job_id
-        feature_properties = _json(job.get("feature_properties"), [])
-        source_metadata = nitf_source_metadata(source)
+        result.total = sum(len(row) for row in tiles_by_row)
         georegister = geolocator is not None and _georegistration(job) != "NONE"
         to_world = geolocator.to_world if georegister and geolocator is not None else None
         relocate = relocator(to_world)
-        chip_georef = georef if georegister else None
-        radiometry = _tile_radiometry(services, region, job, source)
-        soft = option.algorithm_type == "SOFT_NMS"
-
-        def run(work: _TileWork) -> _TileResult:
-            tile = work.tile
-            pixels = work.pixels if radiometry.identity else radiometry.apply(work.pixels)
-            payload = encode_tile(pixels, region.tile_format, region.tile_compression,
-                                  chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
-            answer = detector(payload)
-            inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            if plan.roi is None:
-                features = place_features(answer, tile.col, tile.row, to_world)
-            else:
-                features = to_image_features(answer, tile.col, tile.row)
-                features = [f for f in features if plan.keeps_feature(image_shape(f["properties"]))]
-                geolocate(features, to_world)
-            finish(features, job_id=job_id, inference_dt=inference_dt, feature_properties=feature_properties,
-                   source_metadata=source_metadata)
-            texts = [feature_text(f) for f in features]
-            tile_set = FeatureSet.of(features, texts)
-            if soft:  # decayed once, at completion
-                return _TileResult(texts, tile_set)
-            return _TileResult(texts, merge_set(tile_set, option, relocate, features))
+        step = TileStep(
+            detector=services.detector(region), tile_format=region.tile_format,
+            tile_compression=region.tile_compression, radiometry=_tile_radiometry(services, region, job, source),
+            georef=georef if georegister else None, to_world=to_world, plan=plan, option=option,
+            relocate=relocate, job_id=region.job_id, feature_properties=_json(job.get("feature_properties"), []),
+            source_metadata=nitf_source_metadata(source),
+            retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
+                              settings.tile_retry_max_seconds),
+            max_features=settings.max_features_per_tile, abort=abort)
 
         parts: list[tuple[Window, FeatureSet]] = []
-        raw_count = 0
-        succeeded: list[Any] = []
-        failed: list[Any] = []
         last_progress = time.monotonic()
         # Raw features go to the feature table from a background thread, and the next strip is read while
         # the model works on this one: the loop below only hands out tiles and collects results.
         raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(services.features.put_items, 25)
         tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
         try:
-            with contextlib.closing(bounded_map(run, tiles, settings.workers)) as results:
+            with contextlib.closing(bounded_map(lambda work: step(work.tile, work.pixels), tiles,
+                                                settings.workers)) as results:
                 for work, future in results:
                     if abort is not None and abort.is_set():
                         raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
                     tile = work.tile
                     try:
-                        result = future.result()
-                    except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
-                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
-                        failed.append(tile.key)
+                        tile_result = future.result()
+                    except TileFailed as err:  # recorded with its reason, never hidden, never fatal
+                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err.reason)
+                        result.fail(tile.key, err.reason)
                         continue
-                    succeeded.append(tile.key)
-                    raw_count += len(result.raw_texts)
+                    except Exception as err:  # an unexpected error in our own tile code: the same, loudly
+                        log.exception("tile %s of region %s failed", tile.key, region.region_id)
+                        result.fail(tile.key, f"{type(err).__name__}: {err}")
+                        continue
+                    result.succeeded.append(tile.key)
+                    result.raw_count += len(tile_result.raw_texts)
                     tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"
                     raw_writer.add(services.features.raw_items(region.image_id, region.region_id, tile_id,
-                                                               result.raw_texts))
+                                                               tile_result.raw_texts))
                     parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height),
-                                  result.merged))
+                                  tile_result.merged))
                     if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                        services.regions.progress(region.image_id, region.region_id, total, len(succeeded),
-                                                  len(failed))
+                        services.regions.progress(region.image_id, region.region_id, result.total,
+                                                  len(result.succeeded), len(result.failed))
                         last_progress = time.monotonic()
         except BaseException:
             tiles.close()
@@ -216,7 +232,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                 raw_writer.close()
             raise
         raw_writer.close()
-    return merge_seams(parts, option, relocate, final=False), raw_count, total, succeeded, failed
+    result.merged = merge_seams(parts, option, relocate, final=False)
+    return result
 
 
 Relocate = Callable[[Feature], Feature]

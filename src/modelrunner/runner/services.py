@@ -10,8 +10,10 @@ from typing import Any
 
 from ..aws import AwsClients
 from ..config import Settings
-from ..inference.detectors import Detector, HttpDetector, SageMakerDetector
+from ..imagery.source import ImageSource
+from ..inference.detectors import TILE_CONTENT_TYPES, Detector, HttpDetector, SageMakerDetector
 from ..metrics import Metrics
+from ..policy import AccessPolicy
 from ..requests import RegionRequest
 from ..state.features import FeatureStore
 from ..state.jobs import JobStore
@@ -29,6 +31,7 @@ class Services:
     status: StatusPublisher
     metrics: Metrics
     worker_id: str
+    policy: AccessPolicy = field(default_factory=AccessPolicy)
     _detectors: dict[tuple[Any, ...], Detector] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,18 +48,27 @@ class Services:
             status=StatusPublisher(aws.sns, settings.image_status_topic, settings.region_status_topic),
             metrics=Metrics(enabled=metrics),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
+            policy=AccessPolicy(settings.local_image_root, settings.http_endpoint_hosts),
         )
 
+    def open_image(self, url: str, read_role: str = "") -> ImageSource:
+        """Open a request's image with the allowed drivers, as ``read_role`` when one is given (its
+        credentials are GDAL's for that bucket only while the image is open)."""
+        credentials = self.aws.assumed_credentials(read_role) if read_role else None
+        return ImageSource.open(url, drivers=self.settings.image_drivers, credentials=credentials)
+
     def detector(self, region: RegionRequest) -> Detector:
-        """One endpoint client per model (and role), reused across regions for its connection pool."""
+        """One endpoint client per model (and role, parameters and tile type), reused across regions for its
+        connection pool."""
         params = tuple(sorted((k, str(v)) for k, v in region.model_parameters.items()))
-        key = (region.model_invoke_mode, region.model_name, region.model_invocation_role, params)
+        key = (region.model_invoke_mode, region.model_name, region.model_invocation_role, params, region.tile_format)
         with self._lock:
             if key not in self._detectors:
                 if region.model_invoke_mode == "HTTP_ENDPOINT":
                     self._detectors[key] = HttpDetector(
                         region.model_name, pool_size=self.settings.workers, timeout=self.settings.http_timeout,
-                        verify_tls=self.settings.http_verify_tls, parameters=region.model_parameters)
+                        verify_tls=self.settings.http_verify_tls, parameters=region.model_parameters,
+                        content_type=TILE_CONTENT_TYPES.get(region.tile_format, "application/octet-stream"))
                 else:
                     clients = self.aws.for_role(region.model_invocation_role)
                     self._detectors[key] = SageMakerDetector(

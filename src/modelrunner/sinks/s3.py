@@ -20,7 +20,6 @@ whatever the size of the result; disk use is the size of the object.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Iterable
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any
@@ -30,7 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import SinkError
-from ..requests import S3Output
+from ..requests import S3Output, result_key
 from .base import SinkResult, feature_json, feature_label
 
 MiB = 1024 * 1024
@@ -63,14 +62,6 @@ def default_transfer_config() -> TransferConfig:
     )
     config.max_in_memory_upload_chunks = 4
     return config
-
-
-def result_key(prefix: str, job_id: str) -> str:
-    """The reference's object key: ``os.path.join(prefix, job_id.split("/")[-1] + ".geojson")``.
-
-    posixpath is os.path on the runner's platform; naming it keeps keys ``/``-separated everywhere.
-    """
-    return posixpath.join(prefix, job_id.split("/")[-1] + ".geojson")
 
 
 def write_s3(

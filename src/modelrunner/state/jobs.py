@@ -5,7 +5,9 @@ Exactly-once rules, all with DynamoDB conditional writes:
 - a region is counted in the same transaction that moves its row to a final status, so a redelivered
   region can never be counted twice, and a crash can never leave it finished but uncounted;
 - ``claim_completion`` lets exactly one worker aggregate (a lease, so a crashed aggregator is replaced);
-- ``end`` writes the final status once (``attribute_not_exists(end_time)``).
+- ``end`` writes the final status once (``attribute_not_exists(end_time)``), as *pending*: it is marked
+  published only once SNS took it, and until then whoever touches the job next publishes it
+  (``claim_publish``: one publisher at a time, a lease in case it dies).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class JobStore:
         item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
                 "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
                 "job_status": "FAILED", "status_reason": reason, "region_count": 0, "region_success": 0,
-                "region_error": 0}
+                "region_error": 0, "status_published": False, "status_publishing": time.time()}
         return self._put_new(item)
 
     def _put_new(self, item: Mapping[str, Any]) -> bool:
@@ -112,12 +114,12 @@ class JobStore:
         now = time.time()
         return ddb.conditional(
             self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-            UpdateExpression="SET completion_worker = :w, completion_claimed = :now",
+            UpdateExpression="SET completion_worker = :w, completion_claimed = :now ADD completion_attempts :one",
             ConditionExpression=("regions_done = region_count AND region_count > :zero "
                                  "AND attribute_not_exists(end_time) AND "
                                  "(attribute_not_exists(completion_claimed) OR completion_claimed < :stale)"),
             ExpressionAttributeValues=ddb.values({":w": worker, ":now": now, ":stale": now - lease_seconds,
-                                                  ":zero": 0}))
+                                                  ":zero": 0, ":one": 1}))
 
     def end(self, image_id: str, status: str, reason: str, fields: Mapping[str, Any] | None = None) -> float | None:
         """Write the final status once; returns the job duration in seconds, or None if already ended."""
@@ -125,10 +127,34 @@ class JobStore:
         end = ddb.now_ms()
         duration = max(0.001, (end - int(job.get("start_time", end))) / 1000.0)
         payload = {"end_time": end, "processing_duration": duration, "job_status": status,
-                   "status_reason": reason, **(fields or {})}
+                   "status_reason": reason, "status_published": False, "status_publishing": time.time(),
+                   **(fields or {})}
         expr, names, vals = ddb.update_expression(payload)
         ended = ddb.conditional(self.client.update_item, TableName=self.table,
                                 Key=ddb.marshal({"image_id": image_id}), UpdateExpression=expr,
                                 ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
                                 ConditionExpression="attribute_not_exists(end_time)")
         return duration if ended else None
+
+    def claim_publish(self, image_id: str, lease_seconds: float) -> bool:
+        """Take the right to publish a pending final status (none taken in the last ``lease_seconds``)."""
+        now = time.time()
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET status_publishing = :now",
+            ConditionExpression="status_published = :no AND (attribute_not_exists(status_publishing) "
+                                "OR status_publishing < :stale)",
+            ExpressionAttributeValues=ddb.values({":now": now, ":no": False, ":stale": now - lease_seconds}))
+
+    def mark_published(self, image_id: str) -> None:
+        """The final status reached SNS: nothing is pending any more."""
+        self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                                UpdateExpression="SET status_published = :yes REMOVE status_publishing",
+                                ExpressionAttributeValues=ddb.values({":yes": True}))
+
+    def release_claim(self, image_id: str, worker: str) -> None:
+        """Give up a completion claim this worker holds (its completion failed and will be retried)."""
+        ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="REMOVE completion_worker, completion_claimed",
+            ConditionExpression="completion_worker = :w", ExpressionAttributeValues=ddb.values({":w": worker}))

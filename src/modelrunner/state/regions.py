@@ -39,6 +39,11 @@ class RegionStore:
                 return items
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
+    def first(self, image_id: str) -> dict[str, Any]:
+        """The row of the job's first region (the one its image message processes), or {}."""
+        rows = [r for r in self.all(image_id) if int(r.get("region_index", -1)) == 0]
+        return rows[0] if rows else {}
+
     def plan(self, region: RegionRequest, index: int, total_tiles: int) -> None:
         """Write the row of a planned region, unless it exists (a re-planned, redelivered image)."""
         now = ddb.now_ms()

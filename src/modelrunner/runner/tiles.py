@@ -1,0 +1,145 @@
+"""The per-tile step: encode the pixels, call the model (with bounded retries), place the features.
+
+One :class:`TileStep` serves every tile of a region from the tile threads. Retrying lives here, around the
+whole call-and-parse, so that every failure a model endpoint can produce (a 5xx, throttling, a dropped or
+refused connection, a timeout, an empty body, a body that is not JSON, a FeatureCollection with bad
+geometry) gets the same treatment: up to ``MR_MAX_TILE_ATTEMPTS`` attempts with exponential back-off and
+full jitter, then the tile is recorded as failed with the last reason. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from ..errors import FeatureError, InferenceError
+from ..features.convert import Feature, ToWorld, finish, geolocate, image_shape, place_features, to_image_features
+from ..features.seams import FeatureSet, feature_text, merge_set
+from ..imagery.encode import encode_tile
+from ..imagery.geolocate import Georeference
+from ..imagery.grid import Tile
+from ..imagery.radiometry import TileRadiometry
+from ..inference.detectors import Detector
+from ..requests import DistillationOption
+from .plan import ImagePlan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts per tile and the back-off between them (exponential, full jitter)."""
+
+    attempts: int = 4
+    base_seconds: float = 0.5
+    max_seconds: float = 10.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based): uniform in [0, min(max, base * 2^(n-1))]."""
+        return rng() * min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+
+
+class TileFailed(Exception):
+    """A tile that failed for good; ``reason`` is what the status and the region row report."""
+
+    def __init__(self, reason: str, *, endpoint_down: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.endpoint_down = endpoint_down
+
+
+@dataclass
+class TileResult:
+    """What one tile produced: every raw feature text (for the feature table) and the tile's merged set."""
+
+    raw_texts: list[str]
+    merged: FeatureSet
+
+
+@dataclass
+class TileStep:
+    """Everything a tile needs, fixed for the region; call it with a tile and its pixels."""
+
+    detector: Detector
+    tile_format: str
+    tile_compression: str
+    radiometry: TileRadiometry
+    georef: Georeference | None
+    to_world: ToWorld | None
+    plan: ImagePlan
+    option: DistillationOption
+    relocate: Callable[[Feature], Feature]
+    job_id: str
+    feature_properties: Sequence[Mapping[str, Any]]
+    source_metadata: list[dict[str, Any]] | None
+    retry: RetryPolicy
+    max_features: int
+    abort: threading.Event | None = None
+
+    def __post_init__(self) -> None:
+        self._down: str | None = None  # set once the endpoint said it cannot serve us
+
+    def __call__(self, tile: Tile, pixels: np.ndarray) -> TileResult:
+        if not self.radiometry.identity:
+            pixels = self.radiometry.apply(pixels)
+        payload = encode_tile(pixels, self.tile_format, self.tile_compression,
+                              self.georef.for_chip(tile.col, tile.row) if self.georef else None)
+        features = self._detect(tile, payload)
+        tile_set = FeatureSet.of(features, texts := [feature_text(f) for f in features])
+        if self.option.algorithm_type == "SOFT_NMS":  # decayed once, at completion
+            return TileResult(texts, tile_set)
+        return TileResult(texts, merge_set(tile_set, self.option, self.relocate, features))
+
+    def _detect(self, tile: Tile, payload: bytes) -> list[Feature]:
+        """Call the model and place its features, retrying any failure up to the attempt limit."""
+        attempt = 0
+        while True:
+            if self._down is not None:
+                raise TileFailed(self._down, endpoint_down=True)
+            attempt += 1
+            try:
+                answer = self.detector(payload)
+                inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                return self._features(tile, answer, inference_dt)
+            except InferenceError as err:
+                if err.endpoint_down:
+                    self._down = f"{err} (no further tile of this region was sent)"
+                    raise TileFailed(str(err), endpoint_down=True) from None
+                if not err.retriable or attempt >= self.retry.attempts:
+                    raise TileFailed(self._reason(err, attempt)) from None
+                reason = str(err)
+            except FeatureError as err:
+                if attempt >= self.retry.attempts:
+                    raise TileFailed(self._reason(err, attempt)) from None
+                reason = f"unusable model answer: {err}"
+            delay = self.retry.delay(attempt)
+            log.info("tile %s: attempt %d of %d failed (%s); retrying in %.2f s", tile.key, attempt,
+                     self.retry.attempts, reason[:300], delay)
+            if (self.abort or threading.Event()).wait(delay):
+                raise TileFailed("worker stopping")
+
+    def _features(self, tile: Tile, answer: Any, inference_dt: str) -> list[Feature]:
+        found = answer.get("features") if isinstance(answer, dict) else None
+        if isinstance(found, list) and len(found) > self.max_features:
+            raise InferenceError(f"the model answered {len(found):,} features for one tile, more than this worker "
+                                 f"accepts (MR_MAX_FEATURES_PER_TILE = {self.max_features:,})", retriable=False)
+        if self.plan.roi is None:
+            features = place_features(answer, tile.col, tile.row, self.to_world)
+        else:
+            features = to_image_features(answer, tile.col, tile.row)
+            features = [f for f in features if self.plan.keeps_feature(image_shape(f["properties"]))]
+            geolocate(features, self.to_world)
+        finish(features, job_id=self.job_id, inference_dt=inference_dt, feature_properties=self.feature_properties,
+               source_metadata=self.source_metadata)
+        return features
+
+    @staticmethod
+    def _reason(err: Exception, attempt: int) -> str:
+        return f"{err} (after {attempt} attempt{'s' if attempt > 1 else ''})"

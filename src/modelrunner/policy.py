@@ -82,7 +82,7 @@ class AccessPolicy:
         lowered = url.lower()
         if lowered.startswith("/vsi"):
             raise RequestError(field, "GDAL virtual file systems (/vsi...) are not accepted; use an s3:// URL")
-        if "://" in url:
+        if "://" in url and ":" not in url.split("://", 1)[0]:
             scheme = url.split("://", 1)[0]
             raise RequestError(field, f"the {scheme}:// scheme is not accepted; image URLs must be s3:// URLs")
         if _DRIVER_PREFIX.match(url):

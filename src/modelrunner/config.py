@@ -145,6 +145,8 @@ class Settings:
     max_receive_count: int = 3
     """A message received more often than this while its job never ended has killed workers: its job ends
     FAILED with that reason instead of crashing the next worker."""
+    failpoints: tuple[str, ...] = ()
+    """Crash tests only: points where the worker kills itself (``modelrunner.failpoints``); empty in service."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -189,4 +191,5 @@ class Settings:
             max_image_pixels=_int(env, "MR_MAX_IMAGE_PIXELS", 10_000_000_000, minimum=1),
             max_features_per_tile=_int(env, "MR_MAX_FEATURES_PER_TILE", 20_000, minimum=1),
             max_receive_count=_int(env, "MR_MAX_RECEIVE_COUNT", 3, minimum=1),
+            failpoints=_names(env, "MR_FAILPOINTS", ()),
         )

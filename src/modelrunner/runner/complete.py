@@ -49,6 +49,8 @@ def maybe_complete(services: Services, image_id: str) -> bool:
         renewer.start()
         try:
             ended = complete(services, image_id) is not None
+            if ended:
+                services.failpoints.hit("complete.ended")
         except BaseException:
             # Outputs could not be written for now (an AWS error after boto3's retries): the job stays
             # open and the next delivery of a message of this job claims the completion at once.
@@ -111,6 +113,7 @@ def complete(services: Services, image_id: str) -> str | None:
     log.info("job %s: %d features from %d regions read in %.2f s and merged in %.2f s (%d result bytes)",
              request.job_id, len(merged), len(finished), read_s, select_s - read_s,
              sum(part.nbytes for part in results.values()))
+    services.failpoints.hit("complete.merged")
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.
@@ -199,6 +202,7 @@ def _write_output(services: Services, job_id: str, output: Output,
     try:
         if isinstance(output, S3Output):
             result = write_s3(clients.s3, output, job_id, features)
+            services.failpoints.hit("output.s3")
         else:
             result = write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT)
         log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, result.sink, result.features_written,

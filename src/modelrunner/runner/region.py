@@ -215,6 +215,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                         log.exception("tile %s of region %s failed", tile.key, region.region_id)
                         result.fail(tile.key, f"{type(err).__name__}: {err}")
                         continue
+                    services.failpoints.hit("region.tile")
                     result.succeeded.append(tile.key)
                     result.raw_count += len(tile_result.raw_texts)
                     tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..aws import AwsClients
 from ..config import Settings
+from ..failpoints import Failpoints
 from ..imagery.source import ImageSource
 from ..inference.detectors import TILE_CONTENT_TYPES, Detector, HttpDetector, SageMakerDetector
 from ..metrics import Metrics
@@ -32,6 +33,7 @@ class Services:
     metrics: Metrics
     worker_id: str
     policy: AccessPolicy = field(default_factory=AccessPolicy)
+    failpoints: Failpoints = field(default_factory=Failpoints)
     _detectors: dict[tuple[Any, ...], Detector] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,6 +51,7 @@ class Services:
             metrics=Metrics(enabled=metrics),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             policy=AccessPolicy(settings.local_image_root, settings.http_endpoint_hosts),
+            failpoints=Failpoints(settings.failpoints),
         )
 
     def open_image(self, url: str, read_role: str = "") -> ImageSource:

@@ -102,3 +102,19 @@ def test_killed_worker_is_replaced_without_loss_or_duplicates(stack, model_serve
     assert job["job_status"] == "SUCCESS" and job["status_published"] is True
     print(f"{point}: {len(features)} features, {len(records)} Kinesis records "
           f"({len(records) - len(features)} re-sent)")
+
+
+def test_a_request_that_keeps_killing_workers_ends_failed(stack, model_server, worker_factory, scene):
+    """Each worker that takes the request dies on it (as one did on a segfaulting image URL before URLs were
+    checked); once the message has come back more than MR_MAX_RECEIVE_COUNT times, the next worker fails the
+    job with that reason instead of dying too."""
+    submit(stack, request(stack, "poison", scene))
+    env = {**env_for(stack, model_server, MR_FAILPOINTS="region.tile", MR_MAX_RECEIVE_COUNT="2"),
+           "REGION_SIZE": "(10240, 10240)"}  # one region: the image message is the only one
+    for n in range(2):  # receives 1 and 2 kill their workers
+        assert wait_exit(worker_factory(env, name=f"doomed{n}")) == -9
+    survivor = worker_factory(env, name="survivor")
+    final, _ = wait_final(stack, "poison", timeout=60)
+    assert final["attributes"]["status"] == "FAILED"
+    assert "received 3 times" in final["message"] and "MR_MAX_RECEIVE_COUNT = 2" in final["message"]
+    assert survivor.poll() is None, "the worker that failed the job keeps serving"

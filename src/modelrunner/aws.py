@@ -15,6 +15,8 @@ from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 from botocore.session import Session as BotocoreSession
 
+from . import redact
+
 ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
 
 # DynamoDB and Kinesis carry the bulk payloads (feature items, one record per feature); botocore's client-
@@ -46,7 +48,7 @@ class AwsClients:
         self._endpoint_urls = endpoint_urls or {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, AwsClients] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # for_role builds its STS client while holding it
 
     def client(self, service: str) -> Any:
         key = (service, "")
@@ -116,6 +118,7 @@ class AwsClients:
     def assumed_credentials(self, role_arn: str) -> dict[str, str]:
         """Frozen credentials of an assumed role, for GDAL's ``/vsis3/`` (which reads its own options)."""
         creds = self.for_role(role_arn).session.get_credentials().get_frozen_credentials()
+        redact.register(creds.access_key, creds.secret_key, creds.token)
         return {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
                 "AWS_SESSION_TOKEN": creds.token or ""}
 

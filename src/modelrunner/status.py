@@ -12,13 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .redact import redact
+
 log = logging.getLogger(__name__)
 
 STATUSES = ("STARTED", "IN_PROGRESS", "SUCCESS", "PARTIAL", "FAILED")
 
 
 def render(status: str, job_id: str, reason: str) -> str:
-    return f"StatusMonitor update: RequestStatus.{status} {job_id}: {reason}"
+    """The reference's status text; the reason is cleared of secrets (``redact``), since it quotes errors."""
+    return f"StatusMonitor update: RequestStatus.{status} {job_id}: {redact(reason)}"
 
 
 def attributes(values: Mapping[str, Any]) -> dict[str, dict[str, str]]:

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .aws import is_transient
 from .errors import RequestError
+from .redact import redact
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete, publish_final
 from .runner.image import start_image
@@ -248,6 +249,7 @@ class Worker:
                 url = urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else ""
         except (ValueError, TypeError):
             pass
+        url = redact(url)  # a refused URL may be a presigned one: its signature stays out of rows and statuses
         if err.field == "jobId" or not _usable_key(job_id, url):
             job_id, url = f"unknown-{message.get('MessageId', '')}", ""  # the request's own id cannot be a key
         image_id = f"{job_id}:{url}"

@@ -62,8 +62,8 @@ def wait_final(res: Resources, job_id: str, timeout: float = 120) -> tuple[dict[
 def worker_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
     started = []
 
-    def start(env: dict[str, str], name: str = "worker") -> Any:
-        proc = start_worker(env, log_path=str(tmp_path / f"{name}.log"))
+    def start(env: dict[str, str], name: str = "worker", args: list[str] | None = None) -> Any:
+        proc = start_worker(env, log_path=str(tmp_path / f"{name}.log"), args=args)
         started.append(proc)
         return proc
 

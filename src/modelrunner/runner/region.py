@@ -23,6 +23,7 @@ from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
 from ..inference.pool import BatchWriter, bounded_map, prefetch
+from ..redact import redact
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
 from .services import Services
@@ -97,7 +98,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
         raise
     except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
         log.exception("region %s failed", region.region_id)
-        message = f"Failed to process image region: {err}"
+        message = redact(f"Failed to process image region: {err}")
         status, chunks, result = "FAILED", 0, RegionResult(total=result.total)
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=result.succeeded,
@@ -156,6 +157,7 @@ class RegionResult:
 
     def fail(self, key: Any, reason: str) -> None:
         self.failed.append(key)
+        reason = redact(reason)  # it quotes the endpoint or GDAL, which may quote a presigned URL
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..redact import redact
 from ..requests import ImageRequest
 from . import ddb
 
@@ -60,7 +61,7 @@ class JobStore:
         now = ddb.now_ms()
         item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
                 "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
-                "job_status": "FAILED", "status_reason": reason, "region_count": 0, "region_success": 0,
+                "job_status": "FAILED", "status_reason": redact(reason), "region_count": 0, "region_success": 0,
                 "region_error": 0, "status_published": False, "status_publishing": time.time()}
         return self._put_new(item)
 
@@ -127,7 +128,7 @@ class JobStore:
         end = ddb.now_ms()
         duration = max(0.001, (end - int(job.get("start_time", end))) / 1000.0)
         payload = {"end_time": end, "processing_duration": duration, "job_status": status,
-                   "status_reason": reason, "status_published": False, "status_publishing": time.time(),
+                   "status_reason": redact(reason), "status_published": False, "status_publishing": time.time(),
                    **(fields or {})}
         expr, names, vals = ddb.update_expression(payload)
         ended = ddb.conditional(self.client.update_item, TableName=self.table,

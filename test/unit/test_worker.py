@@ -271,3 +271,33 @@ def test_job_outcome(regions, sinks, expected, words):
     assert status == expected
     for word in words:
         assert word in reason
+
+
+def test_an_output_that_cannot_be_written_for_now_leaves_the_job_to_retry(world, monkeypatch):
+    """S3 throttles past boto3's retries: no final status, the message comes back, the next delivery
+    completes the job (never a SUCCESS without its output)."""
+    from botocore.exceptions import ClientError
+
+    from modelrunner.runner import complete as completion
+
+    worker, res, scene, _ = world
+    real, failures = completion.write_s3, []
+
+    def slow_down(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(completion, "write_s3", slow_down)
+    sqs = res.client("sqs")
+    sqs.send_message(QueueUrl=res.image_queue, MessageBody=request_body(res, scene))
+    message = sqs.receive_message(QueueUrl=res.image_queue, AttributeNames=["All"])["Messages"][0]
+    assert worker.handle_image(message) is Outcome.RETRY_LATER
+    row = worker.services.jobs.get(f"j1:{scene.path}")
+    assert "end_time" not in row and "completion_worker" not in row  # open, and its claim given back
+    assert [s[1] for s in statuses(res)] == ["STARTED", "IN_PROGRESS"]
+    assert worker.handle_image(message) is Outcome.DONE
+    assert [s[1] for s in statuses(res)] == ["SUCCESS"]
+    assert res.client("s3").get_object(Bucket=res.bucket, Key="out/j1.geojson")["ContentLength"] > 0

@@ -293,8 +293,7 @@ class Worker:
             self.services.policy.image_path(region.image_url, "image_url")
             self.services.policy.check_model(region.model_invoke_mode, region.model_name, "model_name")
         except RequestError as err:
-            log.error("dropping an invalid region message %s: %s", message.get("MessageId"), err)
-            return Outcome.DONE
+            return self._reject_region(message, err)
         try:
             job = self.services.jobs.get(region.image_id)
             if not job:
@@ -313,6 +312,31 @@ class Worker:
             return self._run_region(region, job)
         except Exception as err:
             return self._failed(err, f"region {region.region_id}", region.image_id)
+
+    def _reject_region(self, message: dict[str, Any], err: RequestError) -> Outcome:
+        """A region message we cannot run. Its job could never count that region and would stay
+        IN_PROGRESS forever, so the job ends FAILED with the reason (a job nobody knows gets a FAILED row,
+        as a rejected image request does)."""
+        reason = f"region request {redact(str(err))}"
+        log.error("invalid region message %s: %s", message.get("MessageId"), reason)
+        try:
+            raw = json.loads(message["Body"])
+        except (ValueError, TypeError):
+            raw = None
+        job_id = raw.get("job_id") if isinstance(raw, dict) and isinstance(raw.get("job_id"), str) else ""
+        url = raw.get("image_url") if isinstance(raw, dict) and isinstance(raw.get("image_url"), str) else ""
+        url = redact(url)
+        if not _usable_key(job_id, url):
+            job_id, url = f"unknown-{message.get('MessageId', '')}", ""
+        image_id = f"{job_id}:{url}"
+        try:
+            if self.services.jobs.get(image_id):
+                return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
+            created = self.services.jobs.create_failed(image_id, job_id, url, reason)
+            return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id), claimed=created) \
+                else Outcome.RETRY_LATER
+        except Exception as write_err:
+            return self._failed(write_err, f"rejected region message of job {job_id}", None)
 
     # Shared ------------------------------------------------------------------------------------------
     def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> Outcome:

@@ -197,11 +197,27 @@ def test_settling_deletes_keeps_or_hands_back(world):
     assert worker.heartbeat._held == {}
 
 
-def test_an_invalid_region_message_is_dropped(world):
-    worker, res, _, _ = world
-    res.client("sqs").send_message(QueueUrl=res.region_queue, MessageBody="{not json")
+def test_an_invalid_region_message_fails_its_job_once(world):
+    """A region its job can never count would leave the job IN_PROGRESS forever: the job ends FAILED."""
+    worker, res, scene, _ = world
+    sqs = res.client("sqs")
+    sqs.send_message(QueueUrl=res.region_queue, MessageBody="{not json")
     assert worker.poll_once()
     assert queued(res, res.region_queue) == (0, 0)
+    (_, status, reason), = statuses(res)
+    assert status == "FAILED" and "region request" in reason and "body: is not valid JSON" in reason
+
+    from modelrunner.requests import ImageRequest
+
+    request = ImageRequest.from_message(request_body(res, scene, job_id="j2"))
+    worker.services.jobs.create(request)
+    bad = {"job_id": "j2", "image_url": scene.path, "model_name": "fake", "region_bounds": [[0, 0], [0, 10]]}
+    for _ in range(2):  # delivered twice: one FAILED status
+        sqs.send_message(QueueUrl=res.region_queue, MessageBody=json.dumps(bad))
+        assert worker.poll_once()
+    (_, status, reason), = statuses(res)
+    assert status == "FAILED" and "region_bounds: must have a non-negative origin and positive size" in reason
+    assert worker.services.jobs.get(request.image_id)["job_status"] == "FAILED"
 
 
 class RecordingSqs:

@@ -274,6 +274,8 @@ class Worker:
         first = self.services.regions.first(request.image_id)
         if job.get("regions_queued") and first.get("region_status") in FINAL:
             return self._stuck_completion(job, received)
+        if job.get("regions_queued") and first.get("region_status") != "STARTED":
+            return None  # waiting (its region was never started): no worker died on it
         return (f"the image request was received {received} times and never got through its first region: "
                 f"workers processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count}), "
                 "so it is failed instead of retried")
@@ -304,9 +306,10 @@ class Worker:
             received = receive_count(message)
             if received > self.settings.max_receive_count:
                 row = self.services.regions.get(region.image_id, region.region_id)
+                state = row.get("region_status")
                 stuck = (f"region {region.region_id} was received {received} times and never finished: workers "
                          f"processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count})"
-                         if row.get("region_status") not in FINAL else self._stuck_completion(job, received))
+                         if state == "STARTED" else self._stuck_completion(job, received) if state in FINAL else None)
                 if stuck is not None:
                     return Outcome.DONE if fail_job(self.services, region.image_id, stuck) else Outcome.RETRY_LATER
             return self._run_region(region, job)

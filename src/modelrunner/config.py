@@ -145,6 +145,18 @@ class Settings:
     max_receive_count: int = 3
     """A message received more often than this while its job never ended has killed workers: its job ends
     FAILED with that reason instead of crashing the next worker."""
+    scheduler_throttling_enabled: bool = True
+    """Fleet-wide capacity leases per model endpoint (``SCHEDULER_THROTTLING_ENABLED``, as upstream v3;
+    ``SM_SELF_THROTTLING=True`` also turns it on). Needs ``ENDPOINT_TABLE``."""
+    default_instance_concurrency: int = 2
+    """Tiles one SageMaker instance works on at once, unless the endpoint's ``osml:instance-concurrency``
+    tag says otherwise."""
+    default_http_concurrency: int = 10
+    """Tiles an HTTP endpoint works on at once (``DEFAULT_HTTP_ENDPOINT_CONCURRENCY``)."""
+    capacity_target_percentage: float = 1.0
+    """Share of an endpoint's capacity the fleet may use (``CAPACITY_TARGET_PERCENTAGE``)."""
+    capacity_lease_seconds: float = 30.0
+    """A capacity lease not renewed for this long (its worker died) is free again."""
     failpoints: tuple[str, ...] = ()
     """Crash tests only: points where the worker kills itself (``modelrunner.failpoints``); empty in service."""
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -191,5 +203,11 @@ class Settings:
             max_image_pixels=_int(env, "MR_MAX_IMAGE_PIXELS", 10_000_000_000, minimum=1),
             max_features_per_tile=_int(env, "MR_MAX_FEATURES_PER_TILE", 20_000, minimum=1),
             max_receive_count=_int(env, "MR_MAX_RECEIVE_COUNT", 3, minimum=1),
+            scheduler_throttling_enabled=env.get("SCHEDULER_THROTTLING_ENABLED", "True") in _TRUE
+            or env.get("SM_SELF_THROTTLING", "False") in _TRUE,
+            default_instance_concurrency=_int(env, "DEFAULT_INSTANCE_CONCURRENCY", 2, minimum=1),
+            default_http_concurrency=_int(env, "DEFAULT_HTTP_ENDPOINT_CONCURRENCY", 10, minimum=1),
+            capacity_target_percentage=_float(env, "CAPACITY_TARGET_PERCENTAGE", 1.0),
+            capacity_lease_seconds=_float(env, "MR_CAPACITY_LEASE_SECONDS", 30.0),
             failpoints=_names(env, "MR_FAILPOINTS", ()),
         )

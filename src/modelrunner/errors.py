@@ -39,10 +39,17 @@ class InferenceError(ModelRunnerError):
     ``retriable`` is False where another attempt cannot help: the endpoint does not exist or refuses us
     (then no other tile of the region is sent either), or the answer breaks a configured limit."""
 
-    def __init__(self, message: str, *, retriable: bool = True, endpoint_down: bool = False) -> None:
+    def __init__(self, message: str, *, retriable: bool = True, endpoint_down: bool = False,
+                 throttled: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable and not endpoint_down
         self.endpoint_down = endpoint_down
+        self.throttled = throttled
+
+
+class EndpointBusy(ModelRunnerError):
+    """The model endpoint's capacity is taken by other work: the region waits (its message comes back later)
+    without counting as a failure."""
 
 
 class FeatureError(ModelRunnerError):

@@ -23,7 +23,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .aws import is_transient
-from .errors import RequestError
+from .errors import EndpointBusy, RequestError
 from .redact import redact
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete, publish_final
@@ -70,14 +70,14 @@ class Heartbeat:
         with self._lock:
             self._held.pop(receipt, None)
 
-    def hand_back(self, receipt: str) -> None:
-        """Make a held message visible again now, for another worker."""
+    def hand_back(self, receipt: str, delay: int = 0) -> None:
+        """Make a held message visible again, now or after ``delay`` seconds, for another worker."""
         with self._lock:
             held = self._held.pop(receipt, None)
         if held:
             try:
                 self.sqs.change_message_visibility(QueueUrl=held.queue_url, ReceiptHandle=receipt,
-                                                   VisibilityTimeout=0)
+                                                   VisibilityTimeout=delay)
             except Exception:
                 log.exception("could not hand a message back")
 
@@ -118,6 +118,8 @@ class Outcome(enum.Enum):
     published, or another worker completing the job who might die)."""
     HAND_BACK = "hand back"
     """Make it visible now: this worker is stopping and another should take it at once."""
+    WAIT = "wait"
+    """Make it visible after ``THROTTLING_RETRY_TIMEOUT``: its endpoint is at capacity (not a failure)."""
 
 
 def receive_count(message: dict[str, Any]) -> int:
@@ -210,6 +212,9 @@ class Worker:
         receipt = message["ReceiptHandle"]
         if outcome is Outcome.HAND_BACK:
             self.heartbeat.hand_back(receipt)
+            return
+        if outcome is Outcome.WAIT:
+            self.heartbeat.hand_back(receipt, delay=self.settings.throttling_retry_timeout)
             return
         self.heartbeat.release(receipt)
         if outcome is Outcome.DONE:
@@ -355,6 +360,9 @@ class Worker:
         if isinstance(err, RegionAborted):
             log.warning("stopping: %s handed back", what)
             return Outcome.HAND_BACK
+        if isinstance(err, EndpointBusy):
+            log.info("%s", err)
+            return Outcome.WAIT
         if isinstance(err, ClientError | BotoCoreError) and is_transient(err):
             # After boto3's own retries: the message comes back and the step is run again (it may also be
             # a duplicate delivery of a job another worker is running normally: nothing is failed).

@@ -83,8 +83,8 @@ class SageMakerDetector:
             body = response["Body"].read()
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
-            raise InferenceError(f"SageMaker endpoint {self.name}: {err}", endpoint_down=code in _SAGEMAKER_DOWN
-                                 ) from None
+            raise InferenceError(f"SageMaker endpoint {self.name}: {err}", endpoint_down=code in _SAGEMAKER_DOWN,
+                                 throttled=code in ("ThrottlingException", "TooManyRequestsException")) from None
         except BotoCoreError as err:
             raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
         return _parse(body, f"SageMaker endpoint {self.name}")
@@ -122,7 +122,8 @@ class HttpDetector:
         if not 200 <= response.status < 300:
             raise InferenceError(f"HTTP endpoint {self.name} answered {response.status}: {response.data[:200]!r}",
                                  retriable=response.status in self.RETRY_STATUSES,
-                                 endpoint_down=response.status in self.DOWN_STATUSES)
+                                 endpoint_down=response.status in self.DOWN_STATUSES,
+                                 throttled=response.status in (429, 503))
         return _parse(response.data, f"HTTP endpoint {self.name}")
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from ..inference.pool import BatchWriter, bounded_map, prefetch
 from ..redact import redact
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
+from .schedule import endpoint_lease
 from .services import Services
 from .tiles import RetryPolicy, TileFailed, TileStep
 
@@ -77,6 +78,12 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     A region that cannot be processed (its image cannot be read, say) ends FAILED with the reason and is
     counted; an AWS error after boto3's retries is raised instead, leaving the region unfinished, so that
     its message comes back and the region is run again."""
+    with endpoint_lease(services, region) as concurrency:
+        return _process(services, region, job, abort, concurrency)
+
+
+def _process(services: Services, region: RegionRequest, job: dict[str, Any], abort: threading.Event | None,
+             concurrency: int) -> RegionOutcome:
     started = time.monotonic()
     start_ms = int(time.time() * 1000)
     before = services.regions.start(region, services.worker_id)
@@ -90,7 +97,7 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     result = RegionResult()
     try:
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        result = _run_tiles(services, region, job, option, abort)
+        result = _run_tiles(services, region, job, option, abort, concurrency)
         chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, result.merged)
         status = result.status
         message = result.message
@@ -162,7 +169,7 @@ class RegionResult:
 
 
 def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], option: DistillationOption,
-               abort: threading.Event | None) -> RegionResult:
+               abort: threading.Event | None, concurrency: int | None = None) -> RegionResult:
     """Run the region's tiles through a :class:`~modelrunner.runner.tiles.TileStep` on the thread pool.
 
     Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
@@ -170,6 +177,9 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     :class:`FeatureSet` s and merges them across the tile seams at the end.
     """
     settings = services.settings
+    concurrency = concurrency or settings.workers
+    limit = services.limit(region)
+    limit.set_ceiling(concurrency)
     result = RegionResult()
     with services.open_image(region.image_url, region.image_read_role) as source:
         georef = Georeference.of(source.dataset)
@@ -192,7 +202,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             source_metadata=nitf_source_metadata(source),
             retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
                               settings.tile_retry_max_seconds),
-            max_features=settings.max_features_per_tile, abort=abort)
+            max_features=settings.max_features_per_tile, abort=abort, limit=limit)
 
         parts: list[tuple[Window, FeatureSet]] = []
         last_progress = time.monotonic()
@@ -202,7 +212,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
         tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
         try:
             with contextlib.closing(bounded_map(lambda work: step(work.tile, work.pixels), tiles,
-                                                settings.workers)) as results:
+                                                concurrency)) as results:
                 for work, future in results:
                     if abort is not None and abort.is_set():
                         raise RegionAborted(f"worker stopping: region {region.region_id} handed back")

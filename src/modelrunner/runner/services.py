@@ -12,10 +12,13 @@ from ..aws import AwsClients
 from ..config import Settings
 from ..failpoints import Failpoints
 from ..imagery.source import ImageSource
+from ..inference.capacity import CapacityReader, CapacitySettings
 from ..inference.detectors import TILE_CONTENT_TYPES, Detector, HttpDetector, SageMakerDetector
+from ..inference.limits import AdaptiveLimit
 from ..metrics import Metrics
 from ..policy import AccessPolicy
 from ..requests import RegionRequest
+from ..state.endpoints import EndpointLeases
 from ..state.features import FeatureStore
 from ..state.jobs import JobStore
 from ..state.regions import RegionStore
@@ -34,6 +37,9 @@ class Services:
     worker_id: str
     policy: AccessPolicy = field(default_factory=AccessPolicy)
     failpoints: Failpoints = field(default_factory=Failpoints)
+    leases: EndpointLeases | None = None
+    capacities: CapacityReader | None = None
+    _limits: dict[tuple[str, str], AdaptiveLimit] = field(default_factory=dict)
     _detectors: dict[tuple[Any, ...], Detector] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -52,7 +58,26 @@ class Services:
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
             policy=AccessPolicy(settings.local_image_root, settings.http_endpoint_hosts),
             failpoints=Failpoints(settings.failpoints),
+            leases=EndpointLeases(aws.dynamodb, settings.endpoint_table, settings.capacity_lease_seconds)
+            if settings.endpoint_table else None,
+            capacities=CapacityReader(aws.client("sagemaker"), CapacitySettings(
+                settings.default_instance_concurrency, settings.default_http_concurrency,
+                settings.capacity_target_percentage)),
         )
+
+    def capacity(self, region: RegionRequest) -> int | None:
+        """The region's endpoint capacity in concurrent tiles (None: unknown, not scheduled)."""
+        if self.capacities is None or self.leases is None:
+            return None
+        return self.capacities.capacity(region.model_invoke_mode, region.model_name)
+
+    def limit(self, region: RegionRequest) -> AdaptiveLimit:
+        """This worker's adaptive concurrency limit for the region's endpoint (shared by its regions)."""
+        key = (region.model_invoke_mode, region.model_name)
+        with self._lock:
+            if key not in self._limits:
+                self._limits[key] = AdaptiveLimit(self.settings.workers)
+            return self._limits[key]
 
     def open_image(self, url: str, read_role: str = "") -> ImageSource:
         """Open a request's image with the allowed drivers, as ``read_role`` when one is given (its

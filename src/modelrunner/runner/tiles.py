@@ -27,6 +27,7 @@ from ..imagery.geolocate import Georeference
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry
 from ..inference.detectors import Detector
+from ..inference.limits import AdaptiveLimit
 from ..requests import DistillationOption
 from .plan import ImagePlan
 
@@ -82,6 +83,8 @@ class TileStep:
     retry: RetryPolicy
     max_features: int
     abort: threading.Event | None = None
+    limit: AdaptiveLimit | None = None
+    """This worker's concurrency limit for the endpoint (lowered while it throttles)."""
 
     def __post_init__(self) -> None:
         self._down: str | None = None  # set once the endpoint said it cannot serve us
@@ -105,7 +108,7 @@ class TileStep:
                 raise TileFailed(self._down, endpoint_down=True)
             attempt += 1
             try:
-                answer = self.detector(payload)
+                answer = self._call(payload)
                 inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 return self._features(tile, answer, inference_dt)
             except InferenceError as err:
@@ -124,6 +127,21 @@ class TileStep:
                      self.retry.attempts, reason[:300], delay)
             if (self.abort or threading.Event()).wait(delay):
                 raise TileFailed("worker stopping")
+
+    def _call(self, payload: bytes) -> Any:
+        """One model call, within this worker's adaptive limit for the endpoint."""
+        if self.limit is None:
+            return self.detector(payload)
+        if not self.limit.acquire(self.abort):
+            raise TileFailed("worker stopping")
+        throttled = False
+        try:
+            return self.detector(payload)
+        except InferenceError as err:
+            throttled = err.throttled
+            raise
+        finally:
+            self.limit.release(throttled)
 
     def _features(self, tile: Tile, answer: Any, inference_dt: str) -> list[Feature]:
         found = answer.get("features") if isinstance(answer, dict) else None

@@ -138,6 +138,7 @@ class Worker:
         self.stopping = threading.Event()
         self.abort = threading.Event()
         self.heartbeat = Heartbeat(self.sqs, self.settings.visibility_timeout)
+        self._images_first = False
 
     # Signals -----------------------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -185,11 +186,14 @@ class Worker:
     def poll_once(self) -> bool:
         """Take one message (regions first), handle it and settle it; False when both queues were empty."""
         try:
-            for queue, wait, handler in (
-                    (self.settings.region_queue, self.settings.region_wait_seconds, self.handle_region),
-                    (self.settings.image_queue, 0 if self.settings.region_wait_seconds else 1, self.handle_image)):
+            order = [(self.settings.region_queue, self.settings.region_wait_seconds, self.handle_region),
+                     (self.settings.image_queue, 0 if self.settings.region_wait_seconds else 1, self.handle_image)]
+            if self._images_first:  # a region just waited for its endpoint: let other jobs in first
+                order.reverse()
+                self._images_first = False
+            for queue, wait, handler in order:
                 if queue == self.settings.image_queue and self.stopping.is_set():
-                    return False
+                    continue
                 message = self._receive(queue, wait)
                 if message is not None:
                     self.heartbeat.hold(queue, message["ReceiptHandle"])
@@ -198,6 +202,7 @@ class Worker:
                     except Exception:  # a bug in a handler: the message comes back; the worker keeps serving
                         log.exception("unexpected error handling message %s", message.get("MessageId"))
                         outcome = Outcome.RETRY_LATER
+                    self._images_first = outcome is Outcome.WAIT
                     self.settle(queue, message, outcome)
                     return True
         except Exception:  # the worker keeps serving whatever one message or one SQS call did

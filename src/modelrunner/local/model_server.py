@@ -88,6 +88,9 @@ class ServerConfig:
     delay_ms: float = 0.0
     slow_ms: float = 5000.0
     strict_endpoints: bool = False
+    throttle_above: int = 0
+    """When > 0, an invocation arriving while more than this many are in flight is throttled (429 /
+    ThrottlingException): an endpoint whose capacity is smaller than its clients believe."""
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -151,6 +154,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.failures = _FailureSchedule(config.fail_rate)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self._in_flight = self._max_in_flight = self._requests = self._throttled = 0
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -171,11 +175,35 @@ class _HTTPServer(ThreadingHTTPServer):
         else:
             log.exception("error while serving %s", client_address)
 
+    def enter(self) -> int:
+        """An invocation starts; returns how many are in flight with it."""
+        with self._connections_lock:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._requests += 1
+            return self._in_flight
+
+    def leave(self) -> None:
+        with self._connections_lock:
+            self._in_flight -= 1
+
+    def count_throttle(self) -> None:
+        with self._connections_lock:
+            self._throttled += 1
+
+    def stats(self) -> dict[str, int]:
+        """Counts since the start (or the last ``reset_stats`` control)."""
+        with self._connections_lock:
+            return {"invocations": self.failures.count, "failed": self.failures.failed, "requests": self._requests,
+                    "throttled": self._throttled, "in_flight": self._in_flight, "max_in_flight": self._max_in_flight}
+
     def reconfigure(self, changes: Mapping[str, Any]) -> None:
         """Apply ``/control`` changes (validated as a new :class:`ServerConfig`) and restart the count."""
         config = replace(self.config, **changes)
         self.config = config
         self.failures = _FailureSchedule(config.fail_rate)
+        with self._connections_lock:
+            self._requests = self._throttled = self._max_in_flight = 0
 
     def close_connections(self) -> None:
         """Shut down every open client connection, so idle keep-alive handler threads end now."""
@@ -213,8 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/ping":
             self._send(HTTPStatus.OK, b"\n", "text/plain")
         elif path == "/stats":
-            failures = self.server.failures
-            self._send_json(HTTPStatus.OK, {"invocations": failures.count, "failed": failures.failed})
+            self._send_json(HTTPStatus.OK, self.server.stats())
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such resource: {path}"})
 
@@ -257,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Change the failure injection while serving (tests play one fault after another)."""
         try:
             changes = json.loads(self._read_body() or b"{}")
-            allowed = {"fail_rate", "fail_mode", "slow_ms", "delay_ms", "strict_endpoints"}
+            allowed = {"fail_rate", "fail_mode", "slow_ms", "delay_ms", "strict_endpoints", "throttle_above"}
             if not isinstance(changes, dict) or set(changes) - allowed:
                 raise ValueError(f"expected an object with keys among {sorted(allowed)}")
             self.server.reconfigure(changes)
@@ -267,7 +294,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(HTTPStatus.OK, {"ok": True})
 
     def _invoke(self, model: str, body: bytes, runtime: bool) -> None:
+        in_flight = self.server.enter()
+        try:
+            self._answer(model, body, runtime, in_flight)
+        finally:
+            self.server.leave()
+
+    def _answer(self, model: str, body: bytes, runtime: bool, in_flight: int) -> None:
         config = self.server.config
+        if config.throttle_above and in_flight > config.throttle_above:
+            self.server.count_throttle()
+            message = f"{in_flight} requests in flight, more than {config.throttle_above}"
+            if runtime:
+                self._runtime_error(HTTPStatus.BAD_REQUEST, "ThrottlingException", message)
+            else:
+                self._send_json(HTTPStatus.TOO_MANY_REQUESTS, {"error": message})
+            return
         number, fail = self.server.failures.next()
         if config.delay_ms > 0:
             time.sleep(config.delay_ms / 1000.0)

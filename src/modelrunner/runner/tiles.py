@@ -132,7 +132,8 @@ class TileStep:
         """One model call, within this worker's adaptive limit for the endpoint."""
         if self.limit is None:
             return self.detector(payload)
-        if not self.limit.acquire(self.abort):
+        token = self.limit.acquire(self.abort)
+        if token is None:
             raise TileFailed("worker stopping")
         throttled = False
         try:
@@ -141,7 +142,7 @@ class TileStep:
             throttled = err.throttled
             raise
         finally:
-            self.limit.release(throttled)
+            self.limit.release(token, throttled)
 
     def _features(self, tile: Tile, answer: Any, inference_dt: str) -> list[Feature]:
         found = answer.get("features") if isinstance(answer, dict) else None

@@ -73,6 +73,7 @@ def _status(args: argparse.Namespace) -> int:
     ddb = boto3.client("dynamodb")
     jobs, regions = JobStore(ddb, args.job_table), RegionStore(ddb, args.region_table)
     image_id = args.job_id if ":" in args.job_id else _find_image_id(ddb, args.job_table, args.job_id)
+    printed = 0
     while True:
         job = jobs.get(image_id) if image_id else {}
         if not job:
@@ -80,6 +81,10 @@ def _status(args: argparse.Namespace) -> int:
             return 1
         rows = regions.all(image_id)
         done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
+        events = timeline(job, rows)
+        for line in events[printed:]:
+            print(line)
+        printed = len(events)
         print(f"{job.get('job_id')} {job.get('job_status')}: regions {job.get('regions_done', 0)}/"
               f"{job.get('region_count', 0)}, tiles {done}/{job.get('tile_count', '?')}, "
               f"features {job.get('feature_count', '-')}" + (f" ({job['status_reason']})" if job.get("status_reason")
@@ -87,6 +92,25 @@ def _status(args: argparse.Namespace) -> int:
         if not args.watch or job.get("job_status") in FINAL:
             return 0 if job.get("job_status") != "FAILED" else 1
         time.sleep(args.interval)
+
+
+def timeline(job: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The job's events (its own timeline, and each region's start and end from the region rows), in time
+    order, one line each: ``HH:MM:SS.mmm  event  detail``."""
+    from datetime import UTC, datetime
+
+    events = [(int(e["at"]), str(e["event"]), str(e.get("detail", ""))) for e in job.get("timeline") or []]
+    for row in rows:
+        where = f"{row.get('region_id', '?')}"
+        if row.get("region_status") not in (None, "QUEUED") and row.get("start_time"):
+            events.append((int(row["start_time"]), "region started", f"{where} on {row.get('worker', '?')}"))
+        if row.get("end_time"):
+            events.append((int(row["end_time"]), "region done", f"{where}: {row.get('region_status')}, "
+                                                                f"{row.get('succeeded_tile_count', 0)} tiles ok, "
+                                                                f"{row.get('failed_tile_count', 0)} failed"))
+    events.sort(key=lambda e: e[0])
+    return [f"{datetime.fromtimestamp(at / 1000, UTC).strftime('%H:%M:%S.%f')[:-3]}  {event:<15} {detail}"
+            for at, event, detail in events]
 
 
 def _find_image_id(ddb: Any, table: str, job_id: str) -> str | None:

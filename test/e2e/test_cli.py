@@ -68,6 +68,12 @@ def test_submit_worker_status(stack, model_server, worker_factory, tmp_path):
                  "--watch", env=env)
     assert status.returncode == 0, status.stderr
     assert "cli-job SUCCESS" in status.stdout and "tiles 6/6" in status.stdout
+    # The timeline: queued, started, each region started and done, merged, the output, the end, the status.
+    events = [line.split()[1:3] for line in status.stdout.splitlines() if line[:2].isdigit()]
+    names = [" ".join(e) if e[0] in ("region", "output", "status") else e[0] for e in events]
+    assert names[:2] == ["queued", "started"] and names[-4:] == ["merged", "output written", "ended",
+                                                                  "status published"]
+    assert names.count("region started") == names.count("region done") >= 1
 
     bad = cli("submit", "--queue", stack.image_queue, "--image", "s3://x/y.tif", "--model", "centerpoint",
               "--tile-format", "TIFF", "--bucket", stack.bucket, env=env)

@@ -114,6 +114,8 @@ def complete(services: Services, image_id: str) -> str | None:
              request.job_id, len(merged), len(finished), read_s, select_s - read_s,
              sum(part.nbytes for part in results.values()))
     services.failpoints.hit("complete.merged")
+    services.jobs.record(image_id, "merged", f"{len(merged)} features from {len(finished)} regions "
+                                             f"in {select_s:.2f} s")
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.
@@ -124,6 +126,8 @@ def complete(services: Services, image_id: str) -> str | None:
     reasons = [reason for _, reason in written_by if reason]
     for result in sink_results:
         reasons.extend(result.reasons)
+    for result in sink_results:
+        services.jobs.record(image_id, "output written", f"{result.sink}: {result.features_written} features")
     status, reason = job_outcome(rows, sink_results, reasons)
     fields: dict[str, Any] = {
         "feature_count": len(merged), "raw_feature_count": raw_count,

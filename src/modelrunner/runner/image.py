@@ -91,6 +91,7 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
         log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
     else:
         services.status.image("STARTED", request.job_id, request.image_id, "Started image request")
+        services.jobs.record(request.image_id, "queued", f"image {request.image_url}, model {request.model_name}")
 
     _check_outputs(services, request)
     _check_s3_object(services, request)
@@ -117,6 +118,8 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
         return None, services.jobs.get(request.image_id)
     if created:
         services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
+        services.jobs.record(request.image_id, "started",
+                             f"{info.width} x {info.height} pixels, {len(regions)} regions, {tile_total} tiles")
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
         services.regions.plan(region, index, planned.tile_count)
     job = services.jobs.get(request.image_id)

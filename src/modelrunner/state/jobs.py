@@ -13,6 +13,7 @@ Exactly-once rules, all with DynamoDB conditional writes:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..requests import ImageRequest
 from . import ddb
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILED")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -131,6 +133,9 @@ class JobStore:
                    "status_reason": redact(reason), "status_published": False, "status_publishing": time.time(),
                    **(fields or {})}
         expr, names, vals = ddb.update_expression(payload)
+        expr += ", #timeline = list_append(if_not_exists(#timeline, :empty), :final)"  # in the same write
+        names["#timeline"] = "timeline"
+        vals.update(ddb.values({":empty": [], ":final": [{"at": end, "event": "ended", "detail": status}]}))
         ended = ddb.conditional(self.client.update_item, TableName=self.table,
                                 Key=ddb.marshal({"image_id": image_id}), UpdateExpression=expr,
                                 ExpressionAttributeNames=names, ExpressionAttributeValues=vals,
@@ -149,9 +154,12 @@ class JobStore:
 
     def mark_published(self, image_id: str) -> None:
         """The final status reached SNS: nothing is pending any more."""
-        self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                                UpdateExpression="SET status_published = :yes REMOVE status_publishing",
-                                ExpressionAttributeValues=ddb.values({":yes": True}))
+        self.client.update_item(
+            TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET status_published = :yes, timeline = list_append(if_not_exists(timeline, :empty), "
+                             ":e) REMOVE status_publishing",
+            ExpressionAttributeValues=ddb.values({":yes": True, ":empty": [], ":e": [
+                {"at": ddb.now_ms(), "event": "status published"}]}))
 
     def release_claim(self, image_id: str, worker: str) -> None:
         """Give up a completion claim this worker holds (its completion failed and will be retried)."""
@@ -159,3 +167,15 @@ class JobStore:
             self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
             UpdateExpression="REMOVE completion_worker, completion_claimed",
             ConditionExpression="completion_worker = :w", ExpressionAttributeValues=ddb.values({":w": worker}))
+
+    def record(self, image_id: str, event: str, detail: str = "") -> None:
+        """Add an event to the job's timeline (queued, started, merged, each output, final): what
+        ``modelrunner status`` shows beside the region rows' own start and end times. Region events stay on
+        the region rows, so a job of thousands of regions keeps a small row."""
+        entry = {"at": ddb.now_ms(), "event": event, **({"detail": detail[:500]} if detail else {})}
+        log.info("job event: %s %s", event, detail, extra={"event": event, "image_id": image_id})
+        self.client.update_item(
+            TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET timeline = list_append(if_not_exists(timeline, :empty), :e)",
+            ConditionExpression="attribute_exists(image_id)",
+            ExpressionAttributeValues=ddb.values({":e": [entry], ":empty": []}))

@@ -155,7 +155,9 @@ def corpus(moto_server: Process, tmp_path_factory: pytest.TempPathFactory) -> It
             assert json.loads(answer.read()) == {"ok": True}
         env = res.worker_env(model_url=model.url, workers=2, region_wait=0, visibility_timeout=30,
                              MR_MAX_TILE_ATTEMPTS="2", MR_TILE_RETRY_BASE_SECONDS="0.05",
-                             MR_TILE_RETRY_MAX_SECONDS="0.1", MR_HTTP_TIMEOUT="5")
+                             MR_TILE_RETRY_MAX_SECONDS="0.1", MR_HTTP_TIMEOUT="5",
+                             # A pattern that also matches the EC2 metadata service's name: still refused.
+                             MR_HTTP_ENDPOINT_HOSTS="127.0.0.1,localhost,*.internal")
         worker = start_worker(env, log_path=str(log_path))
         corpus = Corpus(res=res, model_url=model.url, worker=worker, log_path=log_path, files=files,
                         statuses=Statuses(res))
@@ -255,7 +257,7 @@ CASES = [
          "imageProcessorParameters", "must be an object"),
     case("imageProcessor.assumedRole-not-an-arn", with_(imageProcessor__assumedRole="admin"),
          "imageProcessor.assumedRole", "must be an IAM role ARN"),
-    case("imageReadRole-not-an-arn", with_(imageReadRole=["arn"]), "imageReadRole", "must be a string, got list"),
+    case("imageReadRole-not-a-string", with_(imageReadRole=["arn"]), "imageReadRole", "must be a string, got list"),
     # Tile size and overlap.
     case("tile-size-zero", with_(imageProcessorTileSize=0), "imageProcessorTileSize", "must be >= 1, got 0"),
     case("tile-size-negative", with_(imageProcessorTileSize=-512), "imageProcessorTileSize",
@@ -294,7 +296,8 @@ CASES = [
     case("image-zero-bytes", url(lambda c: c.files["empty"]), "cannot open image", "empty.tif"),
     case("image-text-file", url(lambda c: c.files["text"]), "cannot open image", "text.tif"),
     case("image-truncated-tiff-header", url(lambda c: c.files["header_only"]), "cannot open image", "header-only.tif"),
-    case("image-truncated-tiff-data", url(lambda c: c.files["half"]), "half.tif"),
+    case("image-truncated-tiff-data", url(lambda c: c.files["half"]), "cannot read window", "half.tif",
+         "IReadBlock failed"),
     case("image-zero-pixels", url(lambda c: c.files["zero"]), "cannot open image", "zero.tif"),
     case("image-absurdly-large", url(lambda c: c.files["huge"]), "huge.tif",
          "1000000 x 1000000 = 1,000,000,000,000 pixels", "MR_MAX_IMAGE_PIXELS"),
@@ -352,16 +355,20 @@ CASES = [
     case("endpoint-sagemaker-name-invalid", with_(imageProcessor__name="bad_name!"), "imageProcessor.name",
          "must be a SageMaker endpoint name"),
     case("endpoint-http-path-not-found", lambda c, j: c.valid(j, imageProcessor={
-        "type": "HTTP_ENDPOINT", "name": c.model_url + "/no-such-model"}), "HTTP endpoint", "404"),
+        "type": "HTTP_ENDPOINT", "name": c.model_url + "/no-such-model"}), "HTTP endpoint", "/no-such-model",
+         "answered 404"),
     case("endpoint-http-connection-refused", lambda c, j: c.valid(j, imageProcessor={
         "type": "HTTP_ENDPOINT", "name": f"http://127.0.0.1:{free_port()}/invocations"}), "1 of 1 tiles failed",
-         "(after 2 attempts)"),
+         "Failed to establish a new connection", "(after 2 attempts)"),
     case("endpoint-http-host-not-allowed", with_(imageProcessor={"type": "HTTP_ENDPOINT",
                                                                  "name": "http://models.example.com/invocations"}),
          "imageProcessor.name", "host models.example.com:80 is not an allowed model endpoint host"),
     case("endpoint-http-metadata-address", with_(imageProcessor={
         "type": "HTTP_ENDPOINT", "name": "http://169.254.169.254/latest/meta-data/iam/security-credentials/"}),
          "imageProcessor.name", "host 169.254.169.254:80 is not an allowed model endpoint host"),
+    case("endpoint-http-metadata-name-matching-an-allowed-pattern", with_(imageProcessor={
+        "type": "HTTP_ENDPOINT", "name": "http://instance-data.ec2.internal/latest/meta-data/"}),
+         "imageProcessor.name", "host instance-data.ec2.internal is a link-local or metadata address"),
     case("endpoint-http-with-credentials", lambda c, j: c.valid(j, imageProcessor={
         "type": "HTTP_ENDPOINT", "name": c.model_url.replace("http://", "http://user:secret@") + "/invocations"}),
          "imageProcessor.name", "must not carry credentials"),

@@ -246,7 +246,7 @@ class Worker:
                 return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
             return self._run_region(first, job)
         except Exception as err:
-            return self._failed(err, f"job {request.job_id}", request.image_id)
+            return self._failed(err, f"job {request.job_id}", request.image_id, request)
 
     def _reject_image(self, message: dict[str, Any], err: RequestError) -> Outcome:
         """A request we cannot run: one FAILED status naming the field, and a FAILED job row."""
@@ -359,9 +359,11 @@ class Worker:
         _return_free_memory()  # the region's tiles are gone; the completion needs room
         return Outcome.DONE if maybe_complete(self.services, region.image_id) else Outcome.RETRY_LATER
 
-    def _failed(self, err: Exception, what: str, image_id: str | None) -> Outcome:
+    def _failed(self, err: Exception, what: str, image_id: str | None, request: ImageRequest | None = None
+                ) -> Outcome:
         """Settle a message whose handling raised: hand it back when stopping, keep it when the cause may
-        pass, else fail its job for good with the reason."""
+        pass, else fail its job for good with the reason (``request``: an image request, whose job row may
+        not exist yet)."""
         if isinstance(err, RegionAborted):
             log.warning("stopping: %s handed back", what)
             return Outcome.HAND_BACK
@@ -377,8 +379,14 @@ class Worker:
         if image_id is None:
             return Outcome.DONE
         try:
-            return Outcome.DONE if fail_job(self.services, image_id, str(err) or type(err).__name__) \
-                else Outcome.RETRY_LATER
+            reason = str(err) or type(err).__name__
+            if request is not None and not self.services.jobs.get(image_id):
+                # It failed before its row was written (the row itself may be what DynamoDB refused): ending a
+                # row that does not exist would write one without a job id, and the status would name no job.
+                created = self.services.jobs.create_failed(image_id, request.job_id, request.image_url, reason)
+                return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id),
+                                                     claimed=created) else Outcome.RETRY_LATER
+            return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
         except Exception:
             log.exception("%s: could not record the failure; the message returns", what)
             return Outcome.RETRY_LATER

@@ -61,6 +61,23 @@ def test_job_is_created_once_and_ended_once(stores):
     assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
 
 
+def test_a_request_as_large_as_an_sqs_message_fits_its_job_row(stores):
+    """SQS takes 256 KiB; featureProperties padding or a long ROI stored twice made the row exceed DynamoDB's
+    400 KB item limit (moto enforces it), and the job failed before it had a row."""
+    jobs, _, _ = stores
+    ring = ", ".join(f"{10 + i * 1e-6:.6f} 50.000000" for i in range(4000)) + ", 10.01 49.99, 10.000000 50.000000"
+    raw = {"jobId": "big", "imageUrls": ["s3://b/k.tif"], "imageProcessor": {"name": "ep"},
+           "outputs": [{"type": "S3", "bucket": "b", "prefix": ""}], "regionOfInterest": f"POLYGON (({ring}))",
+           "featureProperties": [{"padding": "x" * 160_000}]}
+    assert 240_000 < len(json.dumps(raw)) < 262_144
+    req = ImageRequest.from_dict(raw)
+    assert jobs.create(req) is True
+    row = jobs.get(req.image_id)
+    assert json.loads(row["feature_properties"]) == raw["featureProperties"]
+    assert row["roi_wkt"] == raw["regionOfInterest"]
+    assert ImageRequest.from_dict(json.loads(row["request"])).outputs == req.outputs
+
+
 def test_regions_count_once_and_exactly_one_worker_completes(stores):
     jobs, regions, _ = stores
     req, (r1, r2) = started_job(jobs, regions, ((0, 0), (512, 512)), ((0, 400), (512, 512)))

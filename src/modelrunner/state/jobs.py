@@ -27,6 +27,19 @@ FINAL = ("SUCCESS", "PARTIAL", "FAILED")
 log = logging.getLogger(__name__)
 
 
+def stored_request(request: ImageRequest) -> dict[str, Any]:
+    """The request as kept in the row's ``request`` attribute: without ``featureProperties`` and
+    ``regionOfInterest``, which the reference's own columns (``feature_properties``, ``roi_wkt``) hold already.
+
+    Stored twice, a request SQS accepts (up to 256 KiB, nearly all of it featureProperties padding or a long
+    ROI) made a row over DynamoDB's 400 KB item limit, and the job failed before it had a row. Once, every
+    request that fits a message fits the row. Readers of ``request`` (the completion) need neither."""
+    stored = request.to_dict()
+    stored.pop("featureProperties", None)
+    stored.pop("regionOfInterest", None)
+    return stored
+
+
 @dataclass
 class JobStore:
     client: Any
@@ -53,7 +66,7 @@ class JobStore:
             "feature_properties": json.dumps([dict(p) for p in request.feature_properties]),
             "feature_distillation_option": json.dumps(request.distillation.to_dict()),
             "roi_wkt": request.roi_wkt,
-            "request": json.dumps(request.to_dict()),
+            "request": json.dumps(stored_request(request)),
         }
         return self._put_new(item)
 

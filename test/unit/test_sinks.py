@@ -103,7 +103,7 @@ def test_s3_writes_feature_collection_in_reference_format(s3: Any, prefix: str, 
 
     result = write_s3(s3, S3Output(bucket=BUCKET, prefix=prefix), "j1", iter(features))
 
-    assert result == SinkResult(sink=f"s3://{BUCKET}/{key}", features_written=5)
+    assert result == SinkResult(sink=f"s3://{BUCKET}/{key}", features_written=5, locations=[f"s3://{BUCKET}/{key}"])
     obj = s3.get_object(Bucket=BUCKET, Key=key)
     body = obj["Body"].read()
     assert body == json.dumps({"type": "FeatureCollection", "features": features}).encode()

@@ -26,6 +26,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,6 +36,7 @@ from osgeo import ogr, osr
 #: Features per GeoParquet row group: about 1 to 4 MB of compressed columns for the runner's features.
 ROW_GROUP_FEATURES = 10_000
 GEOPARQUET_VERSION = "1.1.0"
+_PARSE_BATCH = 1000
 _TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
                6: "MultiPolygon", 7: "GeometryCollection"}
 
@@ -123,7 +125,8 @@ class GeoParquetWriter:
         properties = feature.get("properties") or {}
         score, label = top_class(properties)
         geometry = feature.get("geometry")
-        self.geometries.append(orjson.dumps(geometry) if isinstance(geometry, Mapping) else None)
+        # As text: orjson's bytes keep their 4 KB buffer, a str is copied to its size.
+        self.geometries.append(orjson.dumps(geometry).decode() if isinstance(geometry, Mapping) else None)
         self.rows.append((feature_id(feature), None, score, label, image_bbox(properties),
                           orjson.dumps(properties).decode()))
         if len(self.rows) >= self.row_group_features:
@@ -132,7 +135,9 @@ class GeoParquetWriter:
     def _flush(self) -> None:
         if not self.rows:
             return
-        geoms = shapely.from_geojson(self.geometries, on_invalid="ignore")
+        # GEOS's GeoJSON reader holds several KB per geometry while it parses: a thousand at a time.
+        geoms = np.concatenate([shapely.from_geojson(self.geometries[i:i + _PARSE_BATCH], on_invalid="ignore")
+                                for i in range(0, len(self.geometries), _PARSE_BATCH)])
         wkb = shapely.to_wkb(geoms, output_dimension=3)
         bounds = shapely.bounds(geoms)
         present = ~shapely.is_missing(geoms) & ~shapely.is_empty(geoms)

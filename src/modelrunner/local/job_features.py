@@ -22,8 +22,9 @@ CLASSES = ("sample_object", "building", "vehicle", "vessel")
 
 
 def job_feature_texts(count: int, *, seed: int = 0, image_size: int = 33_000, region_size: int = 8192,
-                      job_id: str = "bench-job") -> Iterator[str]:
-    """``count`` features spread over a square image of ``image_size`` pixels, region by region."""
+                      tile_stride: int = 462, job_id: str = "bench-job") -> Iterator[str]:
+    """``count`` features spread over a square image of ``image_size`` pixels, region by region, and within
+    a region tile by tile (``tile_stride``: tile size minus overlap, 512 - 50 by default)."""
     rng = np.random.default_rng(seed)
     per_side = -(-image_size // region_size)
     regions = per_side * per_side
@@ -38,7 +39,9 @@ def job_feature_texts(count: int, *, seed: int = 0, image_size: int = 33_000, re
         y0 = row0 + rng.uniform(0, 1, n) * np.maximum(size[0] - h, 1)
         scores = 1.0 - rng.uniform(0, 1, n)
         labels = rng.integers(0, len(CLASSES), n)
-        for i in range(n):
+        # A region's result lists its tiles' features tile by tile, row-major (the seam merge keeps that order).
+        order = np.lexsort((x0 // tile_stride, y0 // tile_stride))
+        for i in order.tolist():
             yield orjson.dumps(_feature(made, float(x0[i]), float(y0[i]), float(x0[i] + w[i]), float(y0[i] + h[i]),
                                         float(scores[i]), CLASSES[int(labels[i])], job_id)).decode()
             made += 1

@@ -4,6 +4,7 @@ no record lost to throttling, shards used in parallel, partition keys, packing, 
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from modelrunner.local.kinesis_limits import LimitedStream
 from modelrunner.requests import KinesisOutput
 from modelrunner.sinks import SinkResult, write_kinesis
 from modelrunner.sinks.checkpoint import DeliveryCheckpoint, decode_chunks, encode_chunks
-from modelrunner.sinks.kinesis import _QUEUED_BATCHES, retry_bound
+from modelrunner.sinks.kinesis import _QUEUED_BATCHES, MAX_SENDERS, retry_bound
 
 STREAM = "features"
 JOB = "job-1234"
@@ -188,3 +189,22 @@ def test_a_rerun_after_everything_was_confirmed_sends_nothing() -> None:
                            clock=stream.clock, sleep=stream.sleep, checkpoint=checkpoint)
 
     assert result.features_written == 2500 and stream.calls == 0
+
+
+def test_a_stream_of_more_shards_than_senders_keeps_every_shard_within_its_limits() -> None:
+    class Counting(LimitedStream):
+        def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+            self.threads.add(threading.current_thread().name)
+            return super().put_records(StreamName, Records)
+
+    stream = Counting(STREAM, shards=40)
+    stream.threads = set()
+
+    result = write_kinesis(stream, KinesisOutput(stream=STREAM, partition_key="feature"), JOB,
+                           (feature(i) for i in range(40_000)), clock=stream.clock, sleep=stream.sleep)
+
+    assert result.features_written == 40_000 and stream.throttled == 0
+    assert len(stream.threads) == MAX_SENDERS
+    assert all(len(shard) > 600 for shard in stream.stored)
+    # 1,000 records per shard: about a second where each shard has its own sender, two where senders serve two.
+    assert 1 <= stream.elapsed() < 4

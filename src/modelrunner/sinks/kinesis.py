@@ -82,6 +82,9 @@ NOT_RETRYABLE_CODES = frozenset({
 # A job with many failing batches would otherwise produce one reason per batch and error code.
 MAX_REASONS = 100
 _MAX_LABELS_PER_REASON = 10
+#: Sender threads at most: calls in flight = shards in use, up to this many (a 500-shard stream does not
+#: get 500 threads; each sender then serves several shards, every one still paced to its own limits).
+MAX_SENDERS = 32
 # Batches waiting per shard sender: the reader stays at most this far ahead of a slow shard.
 _QUEUED_BATCHES = 2
 _HEAD = b'{"type": "FeatureCollection", "features": ['
@@ -285,9 +288,10 @@ def write_kinesis(
         batch = pending.pop(shard, [])
         pending_bytes.pop(shard, None)
         if batch:
-            if shard not in senders:
-                senders[shard] = _ShardSender(settings, shard)
-            senders[shard].put(batch)
+            sender = shard % MAX_SENDERS
+            if sender not in senders:
+                senders[sender] = _ShardSender(settings, sender)
+            senders[sender].put(shard, batch)
 
     seen = 0
 
@@ -357,21 +361,29 @@ class _Sending:
     clock: Callable[[], float]
 
 
-class _ShardSender:
-    """One shard's calls, one at a time, paced by the shard's window, in a thread of their own."""
+@dataclass
+class _Shard:
+    """One shard as its sender sees it: its one-second window, and what it was given (for the retry bound)."""
 
-    def __init__(self, settings: _Sending, shard: int) -> None:
+    window: _Window
+    records: int = 0
+    nbytes: int = 0
+    started: float | None = None
+
+
+class _ShardSender:
+    """The calls to one shard (or, on streams of more than :data:`MAX_SENDERS` shards, to every
+    :data:`MAX_SENDERS`-th shard), one at a time, each paced by its shard's window, in a thread of their own."""
+
+    def __init__(self, settings: _Sending, index: int) -> None:
         self.settings = settings
-        self.queue: queue.Queue[list[_Record] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
-        self.window = _Window(settings.clock, settings.sleep)
-        self.records = 0
-        self.nbytes = 0
-        self.started: float | None = None
-        self.thread = threading.Thread(target=self._run, name=f"kinesis-shard-{shard}", daemon=True)
+        self.queue: queue.Queue[tuple[int, list[_Record]] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self.shards: dict[int, _Shard] = {}
+        self.thread = threading.Thread(target=self._run, name=f"kinesis-shard-{index}", daemon=True)
         self.thread.start()
 
-    def put(self, batch: list[_Record]) -> None:
-        self.queue.put(batch)
+    def put(self, shard: int, batch: list[_Record]) -> None:
+        self.queue.put((shard, batch))
 
     def finish(self) -> None:
         self.queue.put(None)
@@ -382,17 +394,19 @@ class _ShardSender:
     def _run(self) -> None:
         settings = self.settings
         while True:
-            batch = self.queue.get()
-            if batch is None:
+            item = self.queue.get()
+            if item is None:
                 return
             if settings.progress.failure is not None:  # the write stopped: the reader counts these
                 continue
-            if self.started is None:
-                self.started = settings.clock()
-            self.records += len(batch)
-            self.nbytes += sum(r.size for r in batch)
+            index, batch = item
+            shard = self.shards.setdefault(index, _Shard(_Window(settings.clock, settings.sleep)))
+            if shard.started is None:
+                shard.started = settings.clock()
+            shard.records += len(batch)
+            shard.nbytes += sum(r.size for r in batch)
             try:
-                self._send(batch)
+                self._send(shard, batch)
             except Exception as err:  # never let the reader wait on a dead sender's full queue
                 failure = err if isinstance(err, _CallFailed) else _CallFailed(err)
                 if not isinstance(err, _CallFailed):
@@ -401,14 +415,14 @@ class _ShardSender:
                     if settings.progress.failure is None:
                         settings.progress.failure = failure
 
-    def _send(self, records: list[_Record]) -> None:
+    def _send(self, shard: _Shard, records: list[_Record]) -> None:
         """Send one batch; re-send only the records that failed, in order, until none is left, or the
         shard's retry bound (or ``max_attempts``) is reached."""
         settings, progress = self.settings, self.settings.progress
         pending = records
         attempt = 1
         while True:
-            self.window.wait_for(len(pending), sum(r.size for r in pending))
+            shard.window.wait_for(len(pending), sum(r.size for r in pending))
             try:
                 response = settings.client.put_records(
                     StreamName=settings.stream,
@@ -419,8 +433,8 @@ class _ShardSender:
             retry: list[_Record] = []
             done: list[_Record] = []
             final: dict[str, list[tuple[_Record, str]]] = {}
-            bound = retry_bound(self.records, self.nbytes)
-            out_of_time = self.started is not None and settings.clock() - self.started >= bound
+            bound = retry_bound(shard.records, shard.nbytes)
+            out_of_time = shard.started is not None and settings.clock() - shard.started >= bound
             out_of_attempts = settings.max_attempts is not None and attempt >= settings.max_attempts
             for position, record in enumerate(pending):
                 entry = entries[position] if position < len(entries) else {"ErrorCode": "MissingResultEntry"}
@@ -437,8 +451,8 @@ class _ShardSender:
                 extra = len(failed) - _MAX_LABELS_PER_REASON
                 more = f" and {extra} more" if extra > 0 else ""
                 message = f" ({failed[0][1]})" if failed[0][1] else ""
-                within = (f" within {bound:.0f} s (the retry bound for {self.records:,} records of "
-                          f"{self.nbytes:,} bytes on this shard)" if out_of_time and code not in NOT_RETRYABLE_CODES
+                within = (f" within {bound:.0f} s (the retry bound for {shard.records:,} records of "
+                          f"{shard.nbytes:,} bytes on this shard)" if out_of_time and code not in NOT_RETRYABLE_CODES
                           else "")
                 progress.failed(
                     [r for r, _ in failed],

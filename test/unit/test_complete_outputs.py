@@ -28,7 +28,8 @@ def env(moto_aws: None) -> SimpleNamespace:
     kinesis.create_stream(StreamName=STREAM, ShardCount=1)
     jobs = JobStore(boto3.client("dynamodb"), res.job_table)
     clients = SimpleNamespace(kinesis=kinesis, s3=boto3.client("s3"))
-    services = SimpleNamespace(aws=SimpleNamespace(for_role=lambda role: clients), jobs=jobs)
+    services = SimpleNamespace(aws=SimpleNamespace(for_role=lambda role: clients), jobs=jobs,
+                               settings=SimpleNamespace(kinesis_shard_limits=True))
     return SimpleNamespace(res=res, kinesis=kinesis, jobs=jobs, services=services, s3=clients.s3)
 
 

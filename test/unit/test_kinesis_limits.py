@@ -208,3 +208,26 @@ def test_a_stream_of_more_shards_than_senders_keeps_every_shard_within_its_limit
     assert all(len(shard) > 600 for shard in stream.stored)
     # 1,000 records per shard: about a second where each shard has its own sender, two where senders serve two.
     assert 1 <= stream.elapsed() < 4
+
+
+def test_without_pacing_a_stand_in_without_limits_is_not_waited_for() -> None:
+    # MR_KINESIS_SHARD_LIMITS=false (the local stack against moto): no waits, one call per 500 records.
+    stream = LimitedStream(STREAM, shards=1, records_per_second=10**9, bytes_per_second=10**12)
+
+    result = write_kinesis(stream, KinesisOutput(stream=STREAM), JOB, (feature(i) for i in range(5000)),
+                           clock=stream.clock, sleep=stream.sleep, pace=False)
+
+    assert result.features_written == 5000 and stream.calls == 10
+    assert stream.elapsed() == pytest.approx(10 * stream.call_seconds)
+
+
+def test_pacing_is_on_unless_the_deployment_says_its_stream_has_no_limits() -> None:
+    from modelrunner.config import Settings
+    from modelrunner.local.stack import Resources
+
+    base = {"AWS_DEFAULT_REGION": "r", "JOB_TABLE": "j", "REGION_REQUEST_TABLE": "r", "FEATURE_TABLE": "f",
+            "IMAGE_QUEUE": "i", "REGION_QUEUE": "q", "WORKERS": "2"}
+    assert Settings.from_env(base).kinesis_shard_limits
+    assert not Settings.from_env({**base, "MR_KINESIS_SHARD_LIMITS": "false"}).kinesis_shard_limits
+    local = Resources(endpoint="http://127.0.0.1:1", prefix="p").worker_env()
+    assert not Settings.from_env({**local, **base}).kinesis_shard_limits, "moto: no limits to respect"

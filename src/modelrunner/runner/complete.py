@@ -138,7 +138,8 @@ def _write_output(services: Services, job_id: str, output: Output, features: Job
         else:
             stride = request.tile_size - request.tile_overlap if request is not None else 1024
             result = write_kinesis(clients.kinesis, output, job_id, features, tile_stride=stride,
-                                   checkpoint=_checkpoint(services, job, output) if job is not None else None)
+                                   checkpoint=_checkpoint(services, job, output) if job is not None else None,
+                                   pace=services.settings.kinesis_shard_limits)
         log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, ", ".join(result.locations or
                  [result.sink]), result.features_written, time.monotonic() - started, result.features_failed)
         return result, None

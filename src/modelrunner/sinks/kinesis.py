@@ -251,6 +251,7 @@ def write_kinesis(
     clock: Callable[[], float] = time.monotonic,
     tile_stride: int = 1024,
     checkpoint: DeliveryCheckpoint | None = None,
+    pace: bool = True,
 ) -> SinkResult:
     """Put every feature on ``output``'s stream and report how many got there and why the rest did not.
 
@@ -260,7 +261,8 @@ def write_kinesis(
     is drawn from ``[d/2, d]`` with ``d = min(base_delay * 2**(n-1), 5 s)``. ``sleep`` and ``clock`` are
     injectable so tests and simulations run on a virtual clock; both are called from the shard senders'
     threads. ``tile_stride`` (tile size minus overlap, pixels) places features in tiles for ``tile`` keys.
-    ``checkpoint``: chunks to skip, and where to save the chunks this write delivers.
+    ``checkpoint``: chunks to skip, and where to save the chunks this write delivers. ``pace`` False sends
+    without waiting for the shards' windows (for stand-ins such as moto that have no limits).
 
     Raises :class:`SinkError` only when nothing could be written: the stream is missing or not writable,
     the job id cannot be a partition key, or a PutRecords call raised before any record was delivered. A
@@ -279,7 +281,7 @@ def write_kinesis(
                                                                                         open_shards)
     progress = _Progress(sink=f"kinesis:{stream}", checkpoint=checkpoint, clock=clock)
     per_call = max(1, min(MAX_RECORDS_PER_CALL, output.batch_size))
-    settings = _Sending(kinesis_client, stream, progress, max_attempts, base_delay, sleep, clock)
+    settings = _Sending(kinesis_client, stream, progress, max_attempts, base_delay, sleep, clock, pace)
     senders: dict[int, _ShardSender] = {}
     pending: dict[int, list[_Record]] = {}
     pending_bytes: dict[int, int] = {}
@@ -359,6 +361,7 @@ class _Sending:
     base_delay: float
     sleep: Callable[[float], None]
     clock: Callable[[], float]
+    pace: bool = True
 
 
 @dataclass
@@ -422,7 +425,8 @@ class _ShardSender:
         pending = records
         attempt = 1
         while True:
-            shard.window.wait_for(len(pending), sum(r.size for r in pending))
+            if settings.pace:
+                shard.window.wait_for(len(pending), sum(r.size for r in pending))
             try:
                 response = settings.client.put_records(
                     StreamName=settings.stream,

@@ -41,6 +41,13 @@ _ALGORITHM_KEYS = {
 }
 _SOFT_ONLY = {"skip_box_threshold", "sigma"}
 _WIRE_KEYS = {attr: key for key, attr in reversed(_ALGORITHM_KEYS.items())}  # attribute -> camelCase key
+#: S3 result formats (``format`` / ``formats`` of an S3 output). GeoJSON is the reference's one object,
+#: byte for byte; GeoParquet and FlatGeobuf are for analysts loading 100,000+ features (see doc/outputs.md).
+S3_FORMATS = ("GeoJSON", "GeoParquet", "FlatGeobuf")
+#: Kinesis ``partitionKey``: jobId (the reference's: a job's records all go to one shard, in order), tile
+#: (the tile a feature was found in: spread over shards, a tile's records stay together and in order) or
+#: feature (each record its own key: spread evenly, no order).
+PARTITION_KEYS = ("jobId", "tile", "feature")
 
 
 def _json_body(body: str | bytes) -> Any:
@@ -193,15 +200,6 @@ def _post_processing(value: Any) -> DistillationOption:
     if len(steps) > 1:
         raise RequestError("postProcessing", f"at most one {DISTILLATION_STEP} step, got {len(steps)}")
     return DistillationOption.from_dict(steps[0].get("algorithm") or {})
-
-
-#: S3 result formats (``format`` / ``formats`` of an S3 output). GeoJSON is the reference's one object,
-#: byte for byte; GeoParquet and FlatGeobuf are for analysts loading 100,000+ features (see doc/outputs.md).
-S3_FORMATS = ("GeoJSON", "GeoParquet", "FlatGeobuf")
-#: Kinesis ``partitionKey``: jobId (the reference's: a job's records all go to one shard, in order), tile
-#: (the tile a feature was found in: spread over shards, a tile's records stay together and in order) or
-#: feature (each record its own key: spread evenly, no order).
-PARTITION_KEYS = ("jobId", "tile", "feature")
 
 
 @dataclass(frozen=True)

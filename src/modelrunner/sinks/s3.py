@@ -26,15 +26,14 @@ uploaded the same way.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import posixpath
-import tempfile
 from collections.abc import Iterable
-from tempfile import SpooledTemporaryFile
+from io import BytesIO
+from pathlib import Path
+from tempfile import SpooledTemporaryFile, TemporaryDirectory
 from typing import IO, Any
 
+import orjson
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
@@ -90,11 +89,6 @@ def result_key(prefix: str, job_id: str) -> str:
     return posixpath.join(prefix, job_id.split("/")[-1] + ".geojson")
 
 
-def object_key(prefix: str, job_id: str, extension: str) -> str:
-    """The key of one of the job's objects: :func:`result_key`'s, with ``extension`` for ``.geojson``."""
-    return posixpath.join(prefix, job_id.split("/")[-1] + extension)
-
-
 def write_s3(
     s3_client: Any,
     output: S3Output,
@@ -125,18 +119,16 @@ def write_s3(
     config = transfer_config if transfer_config is not None else default_transfer_config()
     uploads: list[tuple[str, str, IO[bytes] | str, str]] = []  # (format, key, spool or path, content type)
     classes: set[str] = set()
-    with contextlib.ExitStack() as stack:
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="modelrunner-out-"))
-        geojson: _GeoJSONSpool | None = None
+    with TemporaryDirectory(prefix="modelrunner-out-") as folder, \
+            SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as spool:
+        geojson = _GeoJSONSpool(spool) if "GeoJSON" in output.formats else None
         writers: list[GeoParquetWriter | FlatGeobufWriter] = []
         for fmt in output.formats:
             key = object_key(output.prefix, job_id, _EXTENSIONS[fmt])
             if fmt == "GeoJSON":
-                spool = stack.enter_context(SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b"))
-                geojson = _GeoJSONSpool(spool)
                 uploads.append((fmt, key, spool, CONTENT_TYPE))
                 continue
-            path = os.path.join(folder, "result" + _EXTENSIONS[fmt])
+            path = str(Path(folder) / ("result" + _EXTENSIONS[fmt]))
             writer: GeoParquetWriter | FlatGeobufWriter = (
                 GeoParquetWriter(path, georeferenced=description.georeferenced) if fmt == "GeoParquet"
                 else FlatGeobufWriter(path, georeferenced=description.georeferenced))
@@ -169,13 +161,16 @@ def write_s3(
             assets.append(Asset(fmt.lower(), uri, content_type, f"{count} features as {fmt}"))
         if output.stac_item:
             key = object_key(output.prefix, job_id, STAC_EXTENSION)
-            item = build_item(description, assets, count, sorted(classes))
-            spool = stack.enter_context(SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b"))
-            spool.write(json.dumps(item, indent=2).encode())
-            spool.seek(0)
-            _upload(s3_client, spool, bucket, key, CONTENT_TYPE, config, f"writing the STAC Item to s3://{bucket}/{key}")
+            item = BytesIO(orjson.dumps(build_item(description, assets, count, sorted(classes)),
+                                        option=orjson.OPT_INDENT_2))
+            _upload(s3_client, item, bucket, key, CONTENT_TYPE, config, f"writing the STAC Item to s3://{bucket}/{key}")
             locations.append(f"s3://{bucket}/{key}")
     return SinkResult(sink=locations[0], features_written=count, locations=locations)
+
+
+def object_key(prefix: str, job_id: str, extension: str) -> str:
+    """The key of one of the job's objects: :func:`result_key`'s, with ``extension`` for ``.geojson``."""
+    return result_key(prefix, job_id).removesuffix(".geojson") + extension
 
 
 def _upload(s3_client: Any, source: IO[bytes] | str, bucket: str, key: str, content_type: str,

@@ -62,6 +62,9 @@ MAX_RECORD_BYTES = 1 * MiB  # data + partition key of one record
 MAX_PARTITION_KEY_CHARS = 256
 SHARD_RECORDS_PER_SECOND = 1000
 SHARD_BYTES_PER_SECOND = 1 * MiB
+#: Bytes per PutRecords call: the API takes 5 MiB, but all of a call goes to one shard here, which takes
+#: 1 MiB a second; a bigger call would be throttled for the most part at once.
+CALL_BYTES = min(MAX_BYTES_PER_CALL, SHARD_BYTES_PER_SECOND)
 MAX_BACKOFF_SECONDS = 5.0
 #: The retry bound of one shard's records: this floor, plus this factor times the time its records need at
 #: the shard's full rate (so a shard shared with as many other writers still delivers).
@@ -316,7 +319,7 @@ def write_kinesis(
             shard = shards.shard_of(record.key)
             batch = pending.setdefault(shard, [])
             size = pending_bytes.get(shard, 0)
-            if batch and (len(batch) >= per_call or size + record.size > SHARD_BYTES_PER_SECOND):
+            if batch and (len(batch) >= per_call or size + record.size > CALL_BYTES):
                 send(shard)
                 batch = pending.setdefault(shard, [])
                 size = 0

@@ -219,3 +219,28 @@ def test_row_groups_follow_the_stream_and_prune_by_bbox(tmp_path: Any) -> None:
     spans = [(meta.row_group(i).column(xmin).statistics.min, meta.row_group(i).column(xmin).statistics.max)
              for i in range(meta.num_row_groups)]
     assert all(high - low < 0.1 for low, high in spans[:4]), spans
+
+
+@pytest.mark.parametrize("georeferenced", [True, False])
+def test_a_feature_without_geometry_gets_its_box_in_every_format(s3: Any, tmp_path: Any, georeferenced: bool) -> None:
+    # The reference leaves a model's "geometry": null where the model sent only an imageBBox; GDAL's
+    # FlatGeobuf writer would drop such a feature, so both files give it its lon/lat bbox (georeferenced)
+    # or its pixel box (not), and the GeoJSON stays as it was.
+    features = [{"type": "Feature", "id": "none", "geometry": None, "bbox": [5.0, 50.0, 5.1, 50.1],
+                 "properties": {"imageBBox": [1, 2, 3, 4]}},
+                {"type": "Feature", "id": "pt", "geometry": {"type": "Point", "coordinates": [5.0, 50.0]},
+                 "properties": {}}]
+    box = [5.0, 50.0, 5.1, 50.1] if georeferenced else [1.0, 2.0, 3.0, 4.0]
+
+    write_s3(s3, S3Output(bucket=BUCKET, formats=("GeoJSON", "GeoParquet", "FlatGeobuf")), JOB, features,
+             job=JobDescription(job_id=JOB, georeferenced=georeferenced))
+
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key=f"{JOB}.geojson")["Body"].read())["features"] == features
+    rows = pq.read_table(download(s3, f"{JOB}.parquet", str(tmp_path))).to_pylist()
+    assert list(shapely.from_wkb(rows[0]["geometry"]).bounds) == box
+    assert rows[0]["image_bbox"] == [1.0, 2.0, 3.0, 4.0]
+    assert rows[1]["bbox"] == {"xmin": 5.0, "ymin": 50.0, "xmax": 5.0, "ymax": 50.0}
+    dataset = ogr.Open(download(s3, f"{JOB}.fgb", str(tmp_path)))
+    bounds = {row.GetField("id"): row.GetGeometryRef().GetEnvelope() for row in dataset.GetLayer()}
+    assert set(bounds) == {"none", "pt"}
+    assert bounds["none"] == (box[0], box[2], box[1], box[3])

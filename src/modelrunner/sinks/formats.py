@@ -102,6 +102,27 @@ def _positions(coordinates: Any, xs: list[float], ys: list[float]) -> None:
         _positions(part, xs, ys)
 
 
+def output_geometry(feature: Mapping[str, Any], georeferenced: bool) -> Mapping[str, Any] | None:
+    """The geometry a feature gets in GeoParquet and FlatGeobuf: its own; when it has none (the reference
+    leaves a model's ``"geometry": null`` where there is only an ``imageBBox``, or no sensor model), its
+    GeoJSON ``bbox`` as a polygon if the job is georeferenced, else its pixel geometry (``imageGeometry``,
+    else the ``imageBBox`` box), as the file's coordinates are then pixels. GDAL's FlatGeobuf writer drops
+    features without a geometry, so this keeps every feature in every format."""
+    geometry = feature.get("geometry")
+    if isinstance(geometry, Mapping):
+        return geometry
+    properties = feature.get("properties") or {}
+    box = feature.get("bbox") if georeferenced else None
+    if not georeferenced:
+        if isinstance(properties.get("imageGeometry"), Mapping):
+            return properties["imageGeometry"]
+        box = properties.get("imageBBox")
+    if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+    return None
+
+
 class GeoParquetWriter:
     """Writes features to a GeoParquet 1.1 file, one row group per :data:`ROW_GROUP_FEATURES` features.
 
@@ -124,7 +145,7 @@ class GeoParquetWriter:
     def add(self, feature: Mapping[str, Any]) -> None:
         properties = feature.get("properties") or {}
         score, label = top_class(properties)
-        geometry = feature.get("geometry")
+        geometry = output_geometry(feature, self.georeferenced)
         # As text: orjson's bytes keep their 4 KB buffer, a str is copied to its size.
         self.geometries.append(orjson.dumps(geometry).decode() if isinstance(geometry, Mapping) else None)
         self.rows.append((feature_id(feature), None, score, label, image_bbox(properties),
@@ -148,11 +169,12 @@ class GeoParquetWriter:
             b = bounds[present]
             self.extent = [min(self.extent[0], float(b[:, 0].min())), min(self.extent[1], float(b[:, 1].min())),
                            max(self.extent[2], float(b[:, 2].max())), max(self.extent[3], float(b[:, 3].max()))]
-        boxes = [{"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1} if ok else None
-                 for (x0, y0, x1, y1), ok in zip(bounds.tolist(), present.tolist(), strict=True)]
+        missing = pa.array(~present)
+        boxes = pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)],
+                                           names=["xmin", "ymin", "xmax", "ymax"], mask=missing)
         ids, _, scores, labels, image_boxes, properties = zip(*self.rows, strict=True)
         table = pa.Table.from_arrays([
-            pa.array(ids, pa.string()), pa.array(list(wkb), pa.binary()), pa.array(boxes, SCHEMA.field("bbox").type),
+            pa.array(ids, pa.string()), pa.array(wkb, pa.binary()), boxes,
             pa.array(scores, pa.float64()), pa.array(labels, pa.string()),
             pa.array(image_boxes, SCHEMA.field("image_bbox").type), pa.array(properties, pa.string()),
         ], schema=SCHEMA)
@@ -216,7 +238,7 @@ class FlatGeobufWriter:
             self._write(feature, None)
 
     def add(self, feature: Mapping[str, Any]) -> None:
-        geometry = feature.get("geometry")
+        geometry = output_geometry(feature, self.georeferenced)
         ogr_geometry = ogr.CreateGeometryFromJson(orjson.dumps(geometry).decode()) if isinstance(
             geometry, Mapping) else None
         if self.layer is None:

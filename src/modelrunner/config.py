@@ -125,6 +125,10 @@ class Settings:
     http_timeout: float = 60.0
     ddb_ttl_days: float = 1.0
     feature_ttl_seconds: int = 7200
+    kinesis_shard_limits: bool = True
+    """Pace Kinesis outputs to each shard's 1,000 records/s and 1 MiB/s (``MR_KINESIS_SHARD_LIMITS``); off only
+    for stand-ins without those limits (moto: the local stack turns it off, so that local runs and benchmarks
+    are not slowed to a real shard's rate)."""
     max_tile_attempts: int = 4
     """Attempts per tile for errors the endpoint client's own retries do not cover (e.g. HTTP 5xx)."""
     tile_retry_base_seconds: float = 0.5
@@ -194,6 +198,7 @@ class Settings:
             http_verify_tls=env.get("MR_HTTP_VERIFY_TLS", "true") in _TRUE,
             http_timeout=_float(env, "MR_HTTP_TIMEOUT", 60.0),
             ddb_ttl_days=_float(env, "DDB_TTL_IN_DAYS", 1.0),
+            kinesis_shard_limits=env.get("MR_KINESIS_SHARD_LIMITS", "true") in _TRUE,
             max_tile_attempts=_int(env, "MR_MAX_TILE_ATTEMPTS", 4, minimum=1),
             tile_retry_base_seconds=_float(env, "MR_TILE_RETRY_BASE_SECONDS", 0.5),
             tile_retry_max_seconds=_float(env, "MR_TILE_RETRY_MAX_SECONDS", 10.0),

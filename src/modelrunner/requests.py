@@ -48,6 +48,13 @@ _ALGORITHM_KEYS = {
 }
 _SOFT_ONLY = {"skip_box_threshold", "sigma"}
 _WIRE_KEYS = {attr: key for key, attr in reversed(_ALGORITHM_KEYS.items())}  # attribute -> camelCase key
+#: S3 result formats (``format`` / ``formats`` of an S3 output). GeoJSON is the reference's one object,
+#: byte for byte; GeoParquet and FlatGeobuf are for analysts loading 100,000+ features (see doc/outputs.md).
+S3_FORMATS = ("GeoJSON", "GeoParquet", "FlatGeobuf")
+#: Kinesis ``partitionKey``: jobId (the reference's: a job's records all go to one shard, in order), tile
+#: (the tile a feature was found in: spread over shards, a tile's records stay together and in order) or
+#: feature (each record its own key: spread evenly, no order).
+PARTITION_KEYS = ("jobId", "tile", "feature")
 
 
 def _json_body(body: str | bytes) -> Any:
@@ -215,12 +222,18 @@ class S3Output:
     bucket: str
     prefix: str = ""
     role: str = ""
+    formats: tuple[str, ...] = ("GeoJSON",)
+    stac_item: bool = False
 
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "S3", "bucket": self.bucket, "prefix": self.prefix}
         if self.role:
             out["role"] = self.role
+        if self.formats != ("GeoJSON",):  # the reference's keys only, unless asked for more
+            out["formats"] = list(self.formats)
+        if self.stac_item:
+            out["stacItem"] = True
         return out
 
 
@@ -229,11 +242,17 @@ class KinesisOutput:
     stream: str
     batch_size: int = 500
     role: str = ""
+    partition_key: str = "jobId"
+    features_per_record: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "Kinesis", "stream": self.stream, "batchSize": self.batch_size}
         if self.role:
             out["assumedRole"] = self.role
+        if self.partition_key != "jobId":
+            out["partitionKey"] = self.partition_key
+        if self.features_per_record != 1:
+            out["featuresPerRecord"] = self.features_per_record
         return out
 
 
@@ -245,6 +264,35 @@ def _resource_name(value: str) -> str:
     return value.rsplit(":", 1)[-1].removeprefix("stream/") if value.startswith("arn:") else value
 
 
+#: ``featuresPerRecord`` at most this: a record holds at most 1 MiB, and a bigger pack of small features
+#: gains nothing once the shard's 1,000 records/s no longer limits (1 MiB/s does).
+MAX_FEATURES_PER_RECORD = 10_000
+
+
+def _formats(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    """``format`` (one name) or ``formats`` (a list of names), matched case-insensitively, in the order
+    asked, without repeats; GeoJSON when neither is given."""
+    if "format" in raw and "formats" in raw:
+        raise RequestError(f"{where}.formats", "give either format or formats, not both")
+    if "formats" in raw:
+        field_name, names = f"{where}.formats", raw["formats"]
+        if not isinstance(names, list) or not names:
+            raise RequestError(field_name, f"must be a non-empty list of {', '.join(S3_FORMATS)}")
+    elif "format" in raw:
+        field_name, names = f"{where}.format", [raw["format"]]
+    else:
+        return ("GeoJSON",)
+    known = {name.lower(): name for name in S3_FORMATS}
+    chosen: list[str] = []
+    for name in names:
+        canonical = known.get(name.lower()) if isinstance(name, str) else None
+        if canonical is None:
+            raise RequestError(field_name, f"must be one of {', '.join(S3_FORMATS)}, got {name!r}")
+        if canonical not in chosen:
+            chosen.append(canonical)
+    return tuple(chosen)
+
+
 def output_from_dict(raw: Any, where: str) -> Output:
     if not isinstance(raw, Mapping):
         raise RequestError(where, "must be an object")
@@ -252,7 +300,11 @@ def output_from_dict(raw: Any, where: str) -> Output:
     if kind == "S3":
         bucket = _resource_name(_str(raw.get("bucket"), f"{where}.bucket", required=True))
         prefix = _str(raw.get("prefix"), f"{where}.prefix")
-        return S3Output(bucket=bucket, prefix=prefix, role=_role(raw.get("role"), f"{where}.role"))
+        stac = raw.get("stacItem", False)
+        if not isinstance(stac, bool):
+            raise RequestError(f"{where}.stacItem", f"must be true or false, got {stac!r}")
+        return S3Output(bucket=bucket, prefix=prefix, role=_role(raw.get("role"), f"{where}.role"),
+                        formats=_formats(raw, where), stac_item=stac)
     if kind == "Kinesis":
         stream = _resource_name(_str(raw.get("stream"), f"{where}.stream", required=True))
         if not _STREAM_NAME.match(stream):
@@ -261,7 +313,12 @@ def output_from_dict(raw: Any, where: str) -> Output:
         # Records per PutRecords call; the service's own limit (500) caps it, as a larger value (the
         # reference's sample asks for 1000) cannot be honoured literally.
         size = 500 if batch in (None, "") else min(500, _int(batch, f"{where}.batchSize", minimum=1))
-        return KinesisOutput(stream=stream, batch_size=size, role=_role(raw.get("assumedRole"), f"{where}.assumedRole"))
+        key = _choice(raw.get("partitionKey"), f"{where}.partitionKey", PARTITION_KEYS, "jobId")
+        packed = raw.get("featuresPerRecord")
+        per_record = 1 if packed in (None, "") else _int(packed, f"{where}.featuresPerRecord", minimum=1,
+                                                          maximum=MAX_FEATURES_PER_RECORD)
+        return KinesisOutput(stream=stream, batch_size=size, role=_role(raw.get("assumedRole"), f"{where}.assumedRole"),
+                             partition_key=key, features_per_record=per_record)
     raise RequestError(f"{where}.type", f"must be S3 or Kinesis, got {kind!r}")
 
 
@@ -365,7 +422,8 @@ class ImageRequest:
         if not outputs:
             raise RequestError("outputs", "at least one S3 or Kinesis output is required")
         for i, output in enumerate(outputs):
-            key = result_key(output.prefix, job_id) if isinstance(output, S3Output) else ""
+            # The longest object an S3 output writes: ``.stac-item.json`` is 7 bytes past ``.geojson``.
+            key = result_key(output.prefix, job_id) + ".stac-item" if isinstance(output, S3Output) else ""
             if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
                 raise RequestError(f"outputs[{i}].prefix", f"prefix + job id make an S3 key longer than "
                                                            f"{MAX_S3_KEY_BYTES} bytes")

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 from osgeo import gdal
 
@@ -36,9 +37,15 @@ def test_demo_writes_result_overlay_request_and_statuses(tmp_path):
     result = cli("demo", "--width", "1400", "--height", "1100", "--model", "objects", "--region-size", "1024",
                  "--output", str(out), "--workers-processes", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"result.geojson", "overlay.png", "request.json", "statuses.json"} <= set(os.listdir(out))
+    assert {"result.geojson", "result.parquet", "result.stac-item.json", "overlay.png", "request.json",
+            "statuses.json"} <= set(os.listdir(out))
     features = json.loads((out / "result.geojson").read_text())["features"]
     assert features
+    table = pq.read_table(out / "result.parquet")
+    assert table.column("id").to_pylist() == [f["id"] for f in features]
+    item = json.loads((out / "result.stac-item.json").read_text())
+    assert set(item["assets"]) == {"geojson", "geoparquet"} and item["bbox"] and item["geometry"]
+    assert "read_parquet" in result.stdout and "duckdb" in result.stdout
     request = json.loads((out / "request.json").read_text())
     assert request["imageProcessor"]["name"] == "objects"
     statuses = [s["attributes"]["status"] for s in json.loads((out / "statuses.json").read_text())]

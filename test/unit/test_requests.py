@@ -81,6 +81,17 @@ def test_arn_names_become_resource_names():
     ({"outputs": [{"type": "SQS"}]}, "outputs[0].type"),
     ({"outputs": [{"type": "S3"}]}, "outputs[0].bucket"),
     ({"outputs": [{"type": "Kinesis", "stream": "s", "batchSize": 0}]}, "outputs[0].batchSize"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "format": "Shapefile"}]}, "outputs[0].format"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "formats": ["GeoJSON", "KML"]}]}, "outputs[0].formats"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "formats": []}]}, "outputs[0].formats"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "formats": "GeoJSON"}]}, "outputs[0].formats"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "format": "GeoJSON", "formats": ["GeoJSON"]}]},
+     "outputs[0].formats"),
+    ({"outputs": [{"type": "S3", "bucket": "b", "stacItem": "yes"}]}, "outputs[0].stacItem"),
+    ({"outputs": [{"type": "Kinesis", "stream": "s", "partitionKey": "shard"}]}, "outputs[0].partitionKey"),
+    ({"outputs": [{"type": "Kinesis", "stream": "s", "featuresPerRecord": 0}]}, "outputs[0].featuresPerRecord"),
+    ({"outputs": [{"type": "Kinesis", "stream": "s", "featuresPerRecord": 10_001}]},
+     "outputs[0].featuresPerRecord"),
     ({"featureProperties": [1]}, "featureProperties"),
     ({"postProcessing": [{"step": "OTHER"}]}, "postProcessing[0].step"),
     ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"algorithmType": "NMS",
@@ -136,3 +147,24 @@ def test_region_request_rejects_bad_bounds():
 def test_kinesis_batch_size_is_capped_at_the_service_limit():
     req = ImageRequest.from_dict(body(outputs=[{"type": "Kinesis", "stream": "s", "batchSize": 1000}]))
     assert req.outputs[0].batch_size == 500
+
+
+def test_output_options_default_to_the_references_and_round_trip():
+    req = ImageRequest.from_dict(body())
+    assert req.outputs[0].formats == ("GeoJSON",) and not req.outputs[0].stac_item
+    assert req.outputs[1].partition_key == "jobId" and req.outputs[1].features_per_record == 1
+    # Defaults add no keys: the job row and the region messages stay the reference's.
+    assert [o.to_dict() for o in req.outputs] == body()["outputs"]
+
+
+def test_output_formats_stac_partition_key_and_packing_parse():
+    req = ImageRequest.from_dict(body(outputs=[
+        {"type": "S3", "bucket": "b", "prefix": "p/", "formats": ["geoparquet", "FlatGeobuf", "GeoParquet"],
+         "stacItem": True},
+        {"type": "S3", "bucket": "b", "format": "GeoParquet"},
+        {"type": "Kinesis", "stream": "s", "partitionKey": "tile", "featuresPerRecord": "50"},
+    ]))
+    assert req.outputs[0] == S3Output("b", "p/", formats=("GeoParquet", "FlatGeobuf"), stac_item=True)
+    assert req.outputs[1].formats == ("GeoParquet",)
+    assert req.outputs[2] == KinesisOutput("s", 500, partition_key="tile", features_per_record=50)
+    assert ImageRequest.from_dict(req.to_dict()) == req

@@ -13,9 +13,10 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from modelrunner.errors import SinkError
+from modelrunner.local.kinesis_limits import LimitedStream
 from modelrunner.requests import KinesisOutput, S3Output
 from modelrunner.sinks import SinkResult, result_key, write_kinesis, write_s3
-from modelrunner.sinks.kinesis import MAX_BYTES_PER_CALL, MAX_RECORD_BYTES
+from modelrunner.sinks.kinesis import MAX_RECORD_BYTES
 
 MiB = 1024 * 1024
 REGION = "us-east-1"
@@ -102,7 +103,7 @@ def test_s3_writes_feature_collection_in_reference_format(s3: Any, prefix: str, 
 
     result = write_s3(s3, S3Output(bucket=BUCKET, prefix=prefix), "j1", iter(features))
 
-    assert result == SinkResult(sink=f"s3://{BUCKET}/{key}", features_written=5)
+    assert result == SinkResult(sink=f"s3://{BUCKET}/{key}", features_written=5, locations=[f"s3://{BUCKET}/{key}"])
     obj = s3.get_object(Bucket=BUCKET, Key=key)
     body = obj["Body"].read()
     assert body == json.dumps({"type": "FeatureCollection", "features": features}).encode()
@@ -260,27 +261,47 @@ def record_bytes(call: dict[str, Any]) -> int:
     return sum(len(r["Data"]) + len(r["PartitionKey"].encode()) for r in call["Records"])
 
 
-def test_kinesis_batches_stay_within_5_mib(kinesis: Any) -> None:
+class VirtualClock:
+    """A clock that only the sink's sleeps move (one shard sender: one timeline)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_kinesis_calls_to_one_shard_stay_within_its_1_mib_per_second(kinesis: Any) -> None:
+    # A shard takes 1 MiB/s: a call of more (the 5 MiB PutRecords allows) would be throttled at once.
     calls = count_calls(kinesis, "PutRecords")
-    features = [padded_feature(i, 900_000) for i in range(12)]
+    features = [padded_feature(i, 400_000) for i in range(12)]
+    time = VirtualClock()
 
-    result = write_kinesis(kinesis, KinesisOutput(stream=STREAM), JOB, features)
+    result = write_kinesis(kinesis, KinesisOutput(stream=STREAM), JOB, features, clock=time.clock, sleep=time.sleep)
 
-    assert [len(c["Records"]) for c in calls] == [5, 5, 2]
-    assert all(record_bytes(c) <= MAX_BYTES_PER_CALL for c in calls)
+    assert [len(c["Records"]) for c in calls] == [2] * 6
+    assert all(record_bytes(c) <= MAX_RECORD_BYTES for c in calls)
     assert result.features_written == 12
     assert [d for d, _ in read_stream(kinesis)] == [one(f) for f in features]
+    assert 5 <= time.now < 6, "one call per second: 800,000 bytes, and a second would exceed 1 MiB"
 
 
 def test_kinesis_limits_are_inclusive(kinesis: Any) -> None:
-    # Five records of exactly 1 MiB fill one call to exactly 5 MiB; the sixth starts a new call.
+    # A record of exactly 1 MiB (data + key) is sent, alone in its call, one a second.
     calls = count_calls(kinesis, "PutRecords")
-    features = [padded_feature(i, MAX_RECORD_BYTES) for i in range(6)]
+    features = [padded_feature(i, MAX_RECORD_BYTES) for i in range(3)]
+    time = VirtualClock()
 
-    result = write_kinesis(kinesis, KinesisOutput(stream=STREAM), JOB, features)
+    result = write_kinesis(kinesis, KinesisOutput(stream=STREAM), JOB, features, clock=time.clock, sleep=time.sleep)
 
-    assert [record_bytes(c) for c in calls] == [MAX_BYTES_PER_CALL, MAX_RECORD_BYTES]
-    assert (result.features_written, result.features_failed) == (6, 0)
+    assert [record_bytes(c) for c in calls] == [MAX_RECORD_BYTES] * 3
+    assert (result.features_written, result.features_failed) == (3, 0)
+    assert 2 <= time.now < 3
 
 
 def test_kinesis_oversize_feature_is_reported_not_dropped(kinesis: Any) -> None:
@@ -419,21 +440,32 @@ def test_kinesis_calls_in_flight_together_deliver_everything_once(kinesis: Any) 
             return "ProvisionedThroughputExceededException"
         return None
 
+    kinesis.create_stream(StreamName="wide", ShardCount=4)
     flaky = FlakyKinesis(kinesis, fail_first_time)
-    result = write_kinesis(flaky, KinesisOutput(stream=STREAM, batch_size=7), JOB, [feature(i) for i in range(50)],
-                           sleep=lambda _: None, max_in_flight=4)
+    result = write_kinesis(flaky, KinesisOutput(stream="wide", batch_size=7, partition_key="feature"), JOB,
+                           [feature(i) for i in range(50)], sleep=lambda _: None)
 
-    assert result == SinkResult(sink=f"kinesis:{STREAM}", features_written=50)
-    assert sorted(ident(d) for d, _ in read_stream(kinesis)) == sorted(f"f{i}" for i in range(50))
+    assert result == SinkResult(sink="kinesis:wide", features_written=50)
+    records = read_stream(kinesis, "wide")
+    assert sorted(ident(d) for d, _ in records) == sorted(f"f{i}" for i in range(50))
+    assert {key for _, key in records} == {f"{JOB}/{i}" for i in range(50)}
+    shards = kinesis.list_shards(StreamName="wide")["Shards"]
+    per_shard = [len(kinesis.get_records(ShardIterator=kinesis.get_shard_iterator(
+        StreamName="wide", ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"])["Records"])
+        for s in shards]
+    assert sum(per_shard) == 50 and sum(n > 0 for n in per_shard) >= 3, per_shard
+    # One call in flight per shard: no call mixes shards.
+    assert all(len({LimitedStream(shards=4).shard_of(r["PartitionKey"]) for r in call}) == 1 for call in flaky.calls)
 
 
 def test_kinesis_in_flight_calls_count_what_they_delivered_when_one_raises(kinesis: Any) -> None:
+    kinesis.create_stream(StreamName="wide", ShardCount=4)
     raising = RaisingKinesis(kinesis, 3)
 
-    result = write_kinesis(raising, KinesisOutput(stream=STREAM, batch_size=5), JOB, [feature(i) for i in range(40)],
-                           max_in_flight=2)
+    result = write_kinesis(raising, KinesisOutput(stream="wide", batch_size=5, partition_key="feature"), JOB,
+                           (feature(i) for i in range(40)))
 
-    delivered = len(read_stream(kinesis))
+    delivered = len(read_stream(kinesis, "wide"))
     assert result.features_written == delivered >= 5
     assert result.features_written + result.features_failed == 40
 
@@ -470,7 +502,8 @@ class OneShard:
 def test_kinesis_a_job_throttled_to_one_shards_rate_still_delivers_every_record() -> None:
     shard = OneShard()
     features = [feature(i) for i in range(20_000)]
-    result = write_kinesis(shard, KinesisOutput(stream=STREAM, batch_size=500), JOB, features, sleep=shard.sleep)
+    result = write_kinesis(shard, KinesisOutput(stream=STREAM, batch_size=500), JOB, features, sleep=shard.sleep,
+                           clock=lambda: shard.now)
     assert result == SinkResult(sink=f"kinesis:{STREAM}", features_written=20_000)
     assert shard.stored == 20_000
     assert 19 <= shard.now < 40, "paced by the shard's rate, without back-off running away"

@@ -204,6 +204,23 @@ def test_a_finished_job_is_not_reopened_and_claims_are_renewed_by_their_owner(st
     assert jobs.create_failed("bad:x", "bad", "x", "reason") is False
 
 
+def test_output_checkpoints_are_saved_per_output_until_the_job_ends(stores):
+    jobs, _, _ = stores
+    req = request()
+    assert not jobs.checkpoint_output(req.image_id, "kinesis:s", "0-3"), "no job row: nothing written"
+    jobs.create(req)
+    assert jobs.checkpoint_output(req.image_id, "kinesis:s", "0-3")
+    assert jobs.checkpoint_output(req.image_id, "kinesis:s", "0-5,7")
+    assert jobs.checkpoint_output(req.image_id, "kinesis:other", "1")
+    row = jobs.get(req.image_id)
+    assert JobStore.output_checkpoint(row, "kinesis:s") == "0-5,7"
+    assert JobStore.output_checkpoint(row, "kinesis:other") == "1"
+    assert JobStore.output_checkpoint(row, "kinesis:none") == ""
+    jobs.end(req.image_id, "SUCCESS", "done")
+    assert not jobs.checkpoint_output(req.image_id, "kinesis:s", "0-9")
+    assert JobStore.output_checkpoint(jobs.get(req.image_id), "kinesis:s") == "0-5,7"
+
+
 def test_raw_items_are_cut_by_utf8_bytes_not_characters():
     from modelrunner.state.features import ITEM_BYTES, FeatureStore
 

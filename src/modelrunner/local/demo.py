@@ -3,8 +3,9 @@
 Starts moto and the bundled model on 127.0.0.1, creates the deployment's resources, makes a synthetic
 georeferenced scene (or takes ``--image``), uploads it and requests it by its ``s3://`` URL (so the range-read
 path runs), runs worker process(es) as the container runs them, and writes into the output folder:
-``result.geojson``, ``overlay.png``, ``request.json`` and ``statuses.json``. Everything started is stopped
-at the end, also on Ctrl-C.
+``result.geojson``, ``result.parquet`` (GeoParquet), ``result.stac-item.json`` (the job's STAC Item),
+``overlay.png``, ``request.json`` and ``statuses.json``, and prints how to open the GeoParquet. Everything
+started is stopped at the end, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -53,6 +54,20 @@ def _progress(res: Resources, image_id: str, started: float) -> tuple[dict[str, 
     return job, line
 
 
+def _download_extras(res: Resources, job_id: str, out_dir: str) -> list[tuple[str, str]]:
+    """Fetch the job's GeoParquet and STAC Item next to result.geojson; (label, path) of each one found."""
+    found = []
+    for label, suffix in (("geoparquet", ".parquet"), ("stac item", ".stac-item.json")):
+        path = os.path.join(out_dir, "result" + suffix)
+        try:
+            res.client("s3").download_file(res.bucket, f"results/{job_id}{suffix}", path)
+        except Exception as err:  # a FAILED job has none; say so and go on
+            print(f"no {label}: {err}", file=sys.stderr)
+            continue
+        found.append((label, path))
+    return found
+
+
 def run_demo(args: argparse.Namespace) -> int:
     out_dir = os.path.abspath(args.output)
     os.makedirs(out_dir, exist_ok=True)
@@ -85,7 +100,8 @@ def run_demo(args: argparse.Namespace) -> int:
         model_name = args.model if args.endpoint_type == "SM_ENDPOINT" else model.url + "/invocations"
         request = {
             "jobId": job_id, "jobName": job_id, "imageUrls": [url],
-            "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": "results/"},
+            "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": "results/",
+                         "formats": ["GeoJSON", "GeoParquet"], "stacItem": True},
                         {"type": "Kinesis", "stream": res.stream, "batchSize": 500}],
             "imageProcessor": {"name": model_name, "type": args.endpoint_type},
             "imageProcessorTileSize": args.tile_size, "imageProcessorTileOverlap": args.tile_overlap,
@@ -134,6 +150,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 features = json.load(handle)["features"]
         except Exception as err:  # a FAILED job has no result; say so
             print(f"no result object: {err}", file=sys.stderr)
+        extras = _download_extras(res, job_id, out_dir)
         overlay_path = os.path.join(out_dir, "overlay.png")
         drawn = render_overlay(image_path, features, overlay_path)
         seconds = float(job.get("processing_duration", 0))
@@ -150,10 +167,15 @@ def run_demo(args: argparse.Namespace) -> int:
         ]
         if truth is not None and args.model == "objects":
             rows.append(("recall", f"{recall(truth, features):.3f} of {len(truth)} ground-truth objects"))
-        rows += [("result", result_path), ("overlay", f"{overlay_path} ({drawn} boxes)"),
+        rows += [("result", result_path), *extras, ("overlay", f"{overlay_path} ({drawn} boxes)"),
                  ("statuses", os.path.join(out_dir, "statuses.json"))]
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows))
+        if extras:
+            parquet = os.path.join(out_dir, "result.parquet")
+            print(f"\nopen the GeoParquet with DuckDB or GeoPandas (doc/outputs.md):\n"
+                  f"  duckdb -c \"LOAD spatial; SELECT class, count(*), avg(score) FROM '{parquet}' GROUP BY class\"\n"
+                  f"  python -c \"import geopandas; print(geopandas.read_parquet('{parquet}').head())\"")
         return 0 if status in ("SUCCESS", "PARTIAL") else 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)

@@ -21,8 +21,11 @@ from ..aws import is_transient
 from ..errors import SinkError
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
-from ..requests import DistillationOption, ImageRequest, Output, S3Output
+from ..requests import DistillationOption, ImageRequest, KinesisOutput, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
+from ..sinks.checkpoint import DeliveryCheckpoint, decode_chunks
+from ..sinks.stac import JobDescription
+from ..state.jobs import JobStore
 from .region import Relocate, relocator
 from .services import Services
 
@@ -120,8 +123,8 @@ def complete(services: Services, image_id: str) -> str | None:
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.
     with ThreadPoolExecutor(max_workers=max(1, len(request.outputs)), thread_name_prefix="sink") as pool:
-        written_by = list(pool.map(lambda output: _write_output(services, request.job_id, output, merged),
-                                   request.outputs))
+        written_by = list(pool.map(lambda output: _write_output(services, request.job_id, output, merged,
+                                                                request=request, job=job), request.outputs))
     sink_results = [r for r, _ in written_by if r is not None]
     reasons = [reason for _, reason in written_by if reason]
     for result in sink_results:
@@ -191,26 +194,28 @@ def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink
     return status, f"{reason}: " + "; ".join(details) if details else reason
 
 
-KINESIS_CALLS_IN_FLIGHT = 2
-"""PutRecords calls sent at once: one batch is serialised while the other is on the wire. Not more: every
-record's partition key is the job id, so all go to one shard, whose throughput limit more calls would only
-meet sooner (throttled records are retried with back-off). Records of the two calls may interleave on the
-stream; the reference never promised an order."""
+def _write_output(services: Services, job_id: str, output: Output, features: JobFeatures, *,
+                  request: ImageRequest | None = None,
+                  job: dict[str, Any] | None = None) -> tuple[SinkResult | None, str | None]:
+    """Write one output; (its result, None), or (None, why nothing could be written).
 
-
-def _write_output(services: Services, job_id: str, output: Output,
-                  features: JobFeatures) -> tuple[SinkResult | None, str | None]:
-    """Write one output; (its result, None), or (None, why nothing could be written)."""
+    ``request`` and ``job`` (the job row read at the start of this completion) describe the job to the
+    sinks: the STAC Item and the CRS of an S3 output, the tile grid of Kinesis ``tile`` keys, and the
+    Kinesis delivery checkpoint of an earlier, crashed completion (its chunks are not sent again)."""
     clients = services.aws.for_role(output.role)
     started = time.monotonic()
     try:
         if isinstance(output, S3Output):
-            result = write_s3(clients.s3, output, job_id, features)
+            description = JobDescription.of(request, job) if request is not None and job is not None else None
+            result = write_s3(clients.s3, output, job_id, features, job=description)
             services.failpoints.hit("output.s3")
         else:
-            result = write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT)
-        log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, result.sink, result.features_written,
-                 time.monotonic() - started, result.features_failed)
+            stride = request.tile_size - request.tile_overlap if request is not None else 1024
+            result = write_kinesis(clients.kinesis, output, job_id, features, tile_stride=stride,
+                                   checkpoint=_checkpoint(services, job, output) if job is not None else None,
+                                   pace=services.settings.kinesis_shard_limits)
+        log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, ", ".join(result.locations or
+                 [result.sink]), result.features_written, time.monotonic() - started, result.features_failed)
         return result, None
     except SinkError as err:
         return None, str(err)
@@ -222,6 +227,23 @@ def _write_output(services: Services, job_id: str, output: Output,
     except Exception as err:  # an output we could not write is reported, never swallowed
         log.exception("output %s failed", output)
         return None, f"{output.to_dict()['type']} output failed: {err}"
+
+
+def _checkpoint(services: Services, job: dict[str, Any], output: KinesisOutput) -> DeliveryCheckpoint:
+    """The output's delivery checkpoint on the job row: the chunks an earlier completion saved, and a save
+    that writes to the row while the job is unended. An unreadable saved value is ignored (everything is
+    sent again: duplicates, never a loss)."""
+    key = f"kinesis:{output.stream}/{output.partition_key}/{output.features_per_record}"
+    image_id = str(job["image_id"])
+    try:
+        done = decode_chunks(JobStore.output_checkpoint(job, key))
+    except ValueError:
+        log.warning("job %s: ignoring an unreadable delivery checkpoint for %s", image_id, key)
+        done = frozenset()
+    if done:
+        log.info("job %s: %s delivered %d chunks in an earlier attempt; not sending them again", image_id, key,
+                 len(done))
+    return DeliveryCheckpoint(done, lambda delivered: services.jobs.checkpoint_output(image_id, key, delivered))
 
 
 def merge_regions(rows: list[dict[str, Any]], results: dict[str, PackedFeatureSet], option: DistillationOption,

@@ -35,6 +35,8 @@ class SinkResult:
     features_written: int = 0
     features_failed: int = 0
     reasons: list[str] = field(default_factory=list)
+    # Every object or stream written, when an output writes several (an S3 output's formats, its STAC Item).
+    locations: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:

@@ -1,6 +1,10 @@
-"""Write one job's features to S3 as a single GeoJSON FeatureCollection, the reference's wire format.
+"""Write one job's features to S3: by default a single GeoJSON FeatureCollection, the reference's wire format;
+on request also (or instead) GeoParquet and FlatGeobuf files and a STAC Item (``formats``, ``stacItem``).
 
-The object is ``<prefix>/<last part of jobId>.geojson`` holding exactly what
+Keys: ``<prefix>/<last part of jobId>`` + ``.geojson`` / ``.parquet`` / ``.fgb`` / ``.stac-item.json``; the
+other formats are described in :mod:`~modelrunner.sinks.formats`, the Item in :mod:`~modelrunner.sinks.stac`.
+
+The GeoJSON object is ``<prefix>/<last part of jobId>.geojson`` holding exactly what
 ``json.dumps({"type": "FeatureCollection", "features": features})`` would produce (default separators),
 with ``ContentType: application/geo+json`` and the ``bucket-owner-full-control`` canned ACL, so existing
 consumers keep working. Unlike the reference, the collection is never built as one string in memory:
@@ -15,15 +19,20 @@ A spool (rather than a streaming reader feeding s3transfer directly) was chosen 
 then consumed on the caller's thread, a feature that cannot be serialised fails the job before anything
 is sent to S3, the feature count is known before the upload starts, and s3transfer can re-read any part
 it has to retry. Peak memory is about ``SPOOL_MAX_BYTES + max_in_memory_upload_chunks * part size``
-whatever the size of the result; disk use is the size of the object.
+whatever the size of the result; disk use is the size of the object. GeoParquet and FlatGeobuf are
+written to files in a temporary directory (one row group, resp. one feature, in memory at a time) and
+uploaded the same way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from tempfile import SpooledTemporaryFile
+from io import BytesIO
+from pathlib import Path
+from tempfile import SpooledTemporaryFile, TemporaryDirectory
 from typing import IO, Any
 
+import orjson
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,9 +40,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import SinkError
 from ..requests import S3Output, result_key
 from .base import SinkResult, feature_json, feature_label
+from .formats import FlatGeobufWriter, GeoParquetWriter, parse_feature, top_class
+from .stac import MAX_CLASSES, Asset, JobDescription, build_item
 
 MiB = 1024 * 1024
 CONTENT_TYPE = "application/geo+json"
+#: Media types of the other formats (S3 ContentType and the STAC assets' ``type``).
+CONTENT_TYPES = {"GeoJSON": CONTENT_TYPE, "GeoParquet": "application/vnd.apache.parquet",
+                 "FlatGeobuf": "application/vnd.flatgeobuf"}
+_EXTENSIONS = {"GeoJSON": ".geojson", "GeoParquet": ".parquet", "FlatGeobuf": ".fgb"}
+STAC_EXTENSION = ".stac-item.json"
 ACL = "bucket-owner-full-control"
 # Results up to this size never touch the disk.
 SPOOL_MAX_BYTES = 8 * MiB
@@ -68,32 +84,105 @@ def write_s3(
     s3_client: Any,
     output: S3Output,
     job_id: str,
-    features: Iterable[dict[str, Any]],
+    features: Iterable[dict[str, Any] | str],
     *,
     transfer_config: TransferConfig | None = None,
+    job: JobDescription | None = None,
 ) -> SinkResult:
-    """Write ``features`` to ``output`` as one FeatureCollection object and return where and how many.
+    """Write ``features`` to ``output`` in each of its formats (and its STAC Item if asked); return where
+    and how many.
 
     ``s3_client`` is a boto3 S3 client built by the caller (with the output's role assumed if it has one,
     ideally with :data:`~modelrunner.sinks.base.SINK_CLIENT_CONFIG`). S3 writes are all or nothing, so
     every failure is a :class:`SinkError`: the bucket missing or unreadable (checked with HeadBucket first,
-    before any work), a feature that is not JSON-serialisable, or the upload failing after retries.
+    before any work), a feature that is not JSON-serialisable, or an upload failing after retries.
+
+    The features are read once, whatever the formats: each format's writer takes them one by one (the
+    GeoJSON into a spool, GeoParquet and FlatGeobuf into files of a temporary directory), then the files are
+    uploaded, the STAC Item last (it points at them). ``job`` describes the job for the STAC Item and says
+    whether the geometries are WGS84 (GeoParquet and FlatGeobuf then say so); without it they are taken
+    to be, and the Item has no footprint. The result's ``sink`` is the GeoJSON object's URI when GeoJSON is
+    among the formats (else the first format's); ``locations`` lists every object written.
     """
     bucket = output.bucket
     _check_bucket(s3_client, bucket)
-    key = result_key(output.prefix, job_id)
-    uri = f"s3://{bucket}/{key}"
+    description = job if job is not None else JobDescription(job_id=job_id)
     config = transfer_config if transfer_config is not None else default_transfer_config()
-    with SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as spool:
-        count = _spool_collection(features, spool)
-        spool.seek(0)
-        try:
-            s3_client.upload_fileobj(
-                spool, bucket, key, ExtraArgs={"ContentType": CONTENT_TYPE, "ACL": ACL}, Config=config
-            )
-        except (S3UploadFailedError, ClientError, BotoCoreError) as err:
-            raise SinkError(f"writing {count} features to {uri} failed: {err}") from err
-    return SinkResult(sink=uri, features_written=count)
+    uploads: list[tuple[str, str, IO[bytes] | str, str]] = []  # (format, key, spool or path, content type)
+    classes: set[str] = set()
+    with TemporaryDirectory(prefix="modelrunner-out-") as folder, \
+            SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as spool:
+        geojson = _GeoJSONSpool(spool) if "GeoJSON" in output.formats else None
+        writers: list[GeoParquetWriter | FlatGeobufWriter] = []
+        for fmt in output.formats:
+            key = object_key(output.prefix, job_id, _EXTENSIONS[fmt])
+            if fmt == "GeoJSON":
+                uploads.append((fmt, key, spool, CONTENT_TYPE))
+                continue
+            path = str(Path(folder) / ("result" + _EXTENSIONS[fmt]))
+            writer: GeoParquetWriter | FlatGeobufWriter = (
+                GeoParquetWriter(path, georeferenced=description.georeferenced) if fmt == "GeoParquet"
+                else FlatGeobufWriter(path, georeferenced=description.georeferenced))
+            writers.append(writer)
+            uploads.append((fmt, key, path, CONTENT_TYPES[fmt]))
+        parse = bool(writers) or output.stac_item
+        count = 0
+        for feature in features:
+            if geojson is not None:
+                geojson.add(feature, count)
+            if parse:
+                parsed = _parsed(feature, count)
+                for writer in writers:
+                    writer.add(parsed)
+                if output.stac_item and len(classes) < MAX_CLASSES:
+                    label = top_class(parsed.get("properties") or {})[1]
+                    if label is not None:
+                        classes.add(label)
+            count += 1
+        if geojson is not None:
+            geojson.finish()
+        for writer in writers:
+            writer.close()
+        locations: list[str] = []
+        assets: list[Asset] = []
+        for fmt, key, source, content_type in uploads:
+            uri = f"s3://{bucket}/{key}"
+            _upload(s3_client, source, bucket, key, content_type, config, f"writing {count} features to {uri}")
+            locations.append(uri)
+            assets.append(Asset(fmt.lower(), uri, content_type, f"{count} features as {fmt}"))
+        if output.stac_item:
+            key = object_key(output.prefix, job_id, STAC_EXTENSION)
+            item = BytesIO(orjson.dumps(build_item(description, assets, count, sorted(classes)),
+                                        option=orjson.OPT_INDENT_2))
+            _upload(s3_client, item, bucket, key, CONTENT_TYPE, config, f"writing the STAC Item to s3://{bucket}/{key}")
+            locations.append(f"s3://{bucket}/{key}")
+    return SinkResult(sink=locations[0], features_written=count, locations=locations)
+
+
+def object_key(prefix: str, job_id: str, extension: str) -> str:
+    """The key of one of the job's objects: :func:`result_key`'s, with ``extension`` for ``.geojson``."""
+    return result_key(prefix, job_id).removesuffix(".geojson") + extension
+
+
+def _upload(s3_client: Any, source: IO[bytes] | str, bucket: str, key: str, content_type: str,
+            config: TransferConfig, what: str) -> None:
+    """One object through the managed transfer (multipart above its threshold); a SinkError if it fails."""
+    extra = {"ContentType": content_type, "ACL": ACL}
+    try:
+        if isinstance(source, str):
+            s3_client.upload_file(source, bucket, key, ExtraArgs=extra, Config=config)
+        else:
+            source.seek(0)
+            s3_client.upload_fileobj(source, bucket, key, ExtraArgs=extra, Config=config)
+    except (S3UploadFailedError, ClientError, BotoCoreError) as err:
+        raise SinkError(f"{what} failed: {err}") from err
+
+
+def _parsed(feature: dict[str, Any] | str, index: int) -> dict[str, Any]:
+    try:
+        return parse_feature(feature)
+    except (TypeError, ValueError) as err:
+        raise SinkError(f"feature {feature_label(feature, index)} is not a JSON object: {err}") from err
 
 
 def _check_bucket(s3_client: Any, bucket: str) -> None:
@@ -111,30 +200,34 @@ def _check_bucket(s3_client: Any, bucket: str) -> None:
         raise SinkError(f"output bucket {bucket!r} cannot be checked: {err}") from err
 
 
-def _spool_collection(features: Iterable[dict[str, Any]], spool: IO[bytes]) -> int:
-    """Write the FeatureCollection to ``spool`` feature by feature; return how many features it holds.
+class _GeoJSONSpool:
+    """Writes the FeatureCollection to a spool feature by feature, in the reference's exact bytes.
 
-    The frame is what ``json.dumps`` writes for the collection, so an empty iterable still yields a valid
+    The frame is what ``json.dumps`` writes for the collection, so no features still give a valid
     ``{"type": "FeatureCollection", "features": []}``; features given as text go in as they are (the
     runner's are compact UTF-8 JSON, see :func:`~modelrunner.features.seams.feature_text`), dicts as
     ``json.dumps`` writes them.
     """
-    buffer = bytearray(_HEAD)
-    count = 0
-    for feature in features:
+
+    def __init__(self, spool: IO[bytes]) -> None:
+        self.spool = spool
+        self.buffer = bytearray(_HEAD)
+        self.count = 0
+
+    def add(self, feature: dict[str, Any] | str, index: int) -> None:
         try:
             text = feature_json(feature)
         except (TypeError, ValueError) as err:
-            raise SinkError(
-                f"feature {feature_label(feature, count)} cannot be serialised as JSON: {err}"
-            ) from err
-        if count:
-            buffer += _SEPARATOR
-        buffer += text.encode("utf-8")
-        count += 1
-        if len(buffer) >= _WRITE_CHUNK:
-            spool.write(buffer)
-            buffer.clear()
-    buffer += _TAIL
-    spool.write(buffer)
-    return count
+            raise SinkError(f"feature {feature_label(feature, index)} cannot be serialised as JSON: {err}") from err
+        if self.count:
+            self.buffer += _SEPARATOR
+        self.buffer += text.encode("utf-8")
+        self.count += 1
+        if len(self.buffer) >= _WRITE_CHUNK:
+            self.spool.write(self.buffer)
+            self.buffer.clear()
+
+    def finish(self) -> None:
+        self.buffer += _TAIL
+        self.spool.write(self.buffer)
+        self.buffer.clear()

@@ -25,6 +25,8 @@ from . import ddb
 
 FINAL = ("SUCCESS", "PARTIAL", "FAILED")
 log = logging.getLogger(__name__)
+#: Job row attributes ``delivered:<output>`` hold each output's delivery checkpoint.
+CHECKPOINT_PREFIX = "delivered:"
 
 
 def stored_request(request: ImageRequest) -> dict[str, Any]:
@@ -136,6 +138,26 @@ class JobStore:
                                  "(attribute_not_exists(completion_claimed) OR completion_claimed < :stale)"),
             ExpressionAttributeValues=ddb.values({":w": worker, ":now": now, ":stale": now - lease_seconds,
                                                   ":zero": 0, ":one": 1}))
+
+    @staticmethod
+    def output_checkpoint(job: Mapping[str, Any], output_key: str) -> str:
+        """What :meth:`checkpoint_output` saved for an output in this job row ("" when nothing)."""
+        return str(job.get(CHECKPOINT_PREFIX + output_key, ""))
+
+    def checkpoint_output(self, image_id: str, output_key: str, delivered: str) -> bool:
+        """Save which parts of one output were confirmed delivered (an encoded chunk set, see
+        :mod:`~modelrunner.sinks.checkpoint`), so that a worker replacing a crashed completion re-sends only
+        the rest. Conditional on the job not having ended: False when it has (nothing is written then).
+
+        A stale completer (its claim taken over) may overwrite a newer set with its own; both only name
+        chunks that were delivered, so the cost is some re-sends, never a skipped record.
+        """
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression="SET #c = :d", ConditionExpression="attribute_exists(image_id) AND "
+                                                                "attribute_not_exists(end_time)",
+            ExpressionAttributeNames={"#c": CHECKPOINT_PREFIX + output_key},
+            ExpressionAttributeValues=ddb.values({":d": delivered}))
 
     def end(self, image_id: str, status: str, reason: str, fields: Mapping[str, Any] | None = None) -> float | None:
         """Write the final status once; returns the job duration in seconds, or None if already ended."""

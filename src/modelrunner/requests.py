@@ -201,6 +201,12 @@ class DistillationOption:
         return cls(**{k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
 
 
+#: The merge we recommend to new users (``scripts/bench_merge_quality`` measured it; doc/merging.md says why);
+#: the demo requests it. A request without ``postProcessing`` still gets the reference's NMS 0.75.
+RECOMMENDED_DISTILLATION = DistillationOption(algorithm_type="NMM", iou_threshold=0.3, match_metric="IOS",
+                                              edge_truncation="MERGE")
+
+
 def _post_processing(value: Any) -> DistillationOption:
     if value is None or value == []:
         return DistillationOption()

@@ -327,9 +327,13 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
         if near.any():
             taken = part.take(near)
             seam.append(taken)
-            if edges:
-                others = np.delete(windows, i, axis=0)
-                cut.append(truncated_at_edges(taken.boxes, windows[i], others, option.edge_margin) & taken.is_box)
+            if edges:  # a window that continues this one beyond one of its edges overlaps this one
+                own = windows[i]
+                overlapping = ((windows[:, 0] < own[2]) & (windows[:, 2] > own[0])
+                               & (windows[:, 1] < own[3]) & (windows[:, 3] > own[1]))
+                overlapping[i] = False
+                cut.append(truncated_at_edges(taken.boxes, own, windows[overlapping], option.edge_margin)
+                           & taken.is_box)
     truncated = np.concatenate(cut) if edges and cut else None
     return near_masks, merge_set(FeatureSet.concat(seam), option, relocate, truncated=truncated)
 

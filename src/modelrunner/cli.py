@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tile-overlap", type=int, default=128)
     demo.add_argument("--tile-format", default="GTIFF", choices=["GTIFF", "NITF", "PNG", "JPEG"])
     demo.add_argument("--tile-compression", default="NONE", choices=["NONE", "JPEG", "J2K", "LZW"])
+    demo.add_argument("--merge", default="recommended", choices=["recommended", "reference"],
+                      help="duplicate merge: the recommended setting (doc/merging.md) or the drop-in default, "
+                           "NMS IOU 0.75 (what a request without postProcessing gets)")
     demo.add_argument("--region-size", type=int, default=2048)
     demo.add_argument("--workers", type=int, default=4, help="tile threads per worker (WORKERS)")
     demo.add_argument("--workers-processes", type=int, default=1, help="worker processes to run")

@@ -35,8 +35,13 @@ DEFAULT_TILE_OVERLAP = 50
 MAX_TILE_SIZE = 16384
 
 DISTILLATION_STEP = "FEATURE_DISTILLATION"
-ALGORITHMS = ("NMS", "SOFT_NMS", "NMM")
+ALGORITHMS = ("NMS", "SOFT_NMS", "NMM", "GREEDYNMM")
 MATCH_METRICS = ("IOU", "IOS")
+#: ``edgeTruncation``: what happens to a detection cut by an interior tile edge (a partial view of an object
+#: a neighbouring tile saw more of): NONE (the reference's behaviour), SUPPRESS, MERGE. See doc/merging.md.
+EDGE_TRUNCATIONS = ("NONE", "SUPPRESS", "MERGE")
+DEFAULT_EDGE_MARGIN = 2.0
+MAX_EDGE_MARGIN = 256.0
 # Wire keys (camelCase first, then the snake_case spelling the reference also accepts) -> our attribute.
 _ALGORITHM_KEYS = {
     "algorithmType": "algorithm_type", "algorithm_type": "algorithm_type",
@@ -45,6 +50,8 @@ _ALGORITHM_KEYS = {
     "sigma": "sigma",
     "matchMetric": "match_metric", "match_metric": "match_metric",
     "classAgnostic": "class_agnostic", "class_agnostic": "class_agnostic",
+    "edgeTruncation": "edge_truncation", "edge_truncation": "edge_truncation",
+    "edgeMargin": "edge_margin", "edge_margin": "edge_margin",
 }
 _SOFT_ONLY = {"skip_box_threshold", "sigma"}
 _WIRE_KEYS = {attr: key for key, attr in reversed(_ALGORITHM_KEYS.items())}  # attribute -> camelCase key
@@ -121,9 +128,10 @@ def _number(value: Any, name: str, lo: float, hi: float) -> float:
 class DistillationOption:
     """How duplicate detections are merged (the request's ``postProcessing`` FEATURE_DISTILLATION step).
 
-    ``NMS`` and ``SOFT_NMS`` are the reference's; ``NMM`` (merge matched boxes into their union box, as SAHI),
-    ``match_metric`` IOS and ``class_agnostic`` are ours. Unlike the reference, SOFT_NMS honours
-    ``iou_threshold``: only boxes overlapping more than it are decayed.
+    ``NMS`` and ``SOFT_NMS`` are the reference's; ``NMM`` and ``GREEDYNMM`` (merge matched boxes into their
+    union box, SAHI's two merges), ``match_metric`` IOS, ``class_agnostic`` and ``edge_truncation`` (partial
+    views cut by an interior tile edge, within ``edge_margin`` pixels of it) are ours. Unlike the reference,
+    SOFT_NMS honours ``iou_threshold``: only boxes overlapping more than it are decayed.
     """
 
     algorithm_type: str = "NMS"
@@ -132,6 +140,8 @@ class DistillationOption:
     sigma: float = 0.1
     match_metric: str = "IOU"
     class_agnostic: bool = False
+    edge_truncation: str = "NONE"
+    edge_margin: float = DEFAULT_EDGE_MARGIN
 
     @classmethod
     def from_dict(cls, algorithm: Mapping[str, Any], where: str = "postProcessing[0].algorithm") -> DistillationOption:
@@ -166,6 +176,18 @@ class DistillationOption:
             if not isinstance(values["class_agnostic"], bool):
                 raise RequestError(f"{where}.classAgnostic", "must be true or false")
             option = replace(option, class_agnostic=values["class_agnostic"])
+        if "edge_truncation" in values:
+            edge = _choice(values["edge_truncation"], f"{where}.edgeTruncation", EDGE_TRUNCATIONS, "NONE")
+            if edge != "NONE" and kind == "SOFT_NMS":
+                # SOFT_NMS merges once, at the job level, where only region windows are known: the tile edges
+                # that cut a detection are not, so the option could not do what it says.
+                raise RequestError(f"{where}.edgeTruncation", "does not apply to SOFT_NMS")
+            option = replace(option, edge_truncation=edge)
+        if "edge_margin" in values:
+            if option.edge_truncation == "NONE":
+                raise RequestError(f"{where}.edgeMargin", "only applies with edgeTruncation SUPPRESS or MERGE")
+            option = replace(option, edge_margin=_number(values["edge_margin"], f"{where}.edgeMargin", 0,
+                                                         MAX_EDGE_MARGIN))
         return option
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +200,9 @@ class DistillationOption:
             out["match_metric"] = self.match_metric
         if self.class_agnostic:
             out["class_agnostic"] = True
+        if self.edge_truncation != "NONE":
+            out["edge_truncation"] = self.edge_truncation
+            out["edge_margin"] = self.edge_margin
         return out
 
     def to_wire(self) -> dict[str, Any]:
@@ -188,6 +213,12 @@ class DistillationOption:
     def from_stored(cls, stored: Mapping[str, Any]) -> DistillationOption:
         """Inverse of :meth:`to_dict` (reads the job row)."""
         return cls(**{k: v for k, v in stored.items() if k in cls.__dataclass_fields__})
+
+
+#: The merge we recommend to new users (``scripts/bench_merge_quality`` measured it; doc/merging.md says why);
+#: the demo requests it. A request without ``postProcessing`` still gets the reference's NMS 0.75.
+RECOMMENDED_DISTILLATION = DistillationOption(algorithm_type="NMM", iou_threshold=0.3, match_metric="IOS",
+                                              edge_truncation="MERGE")
 
 
 def _post_processing(value: Any) -> DistillationOption:

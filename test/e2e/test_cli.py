@@ -55,8 +55,12 @@ def test_demo_writes_result_overlay_request_and_statuses(tmp_path):
     assert (overlay.RasterXSize, overlay.RasterYSize) == (1400, 1100)
     drawn = int(re.search(r"overlay\.png \((\d+) boxes\)", result.stdout).group(1))
     assert drawn == len(feature_boxes(features)) == len(features)
+    # The demo requests the recommended merge (and says so): one feature per object across every seam.
+    assert "NMM IOS 0.3, edgeTruncation MERGE" in result.stdout and "recommended" in result.stdout
+    assert request["postProcessing"][0]["algorithm"]["edgeTruncation"] == "MERGE"
+    precision = float(re.search(r"precision\s+([0-9.]+)", result.stdout).group(1))
     recall = float(re.search(r"recall\s+([0-9.]+)", result.stdout).group(1))
-    assert recall >= 0.9
+    assert precision >= 0.98 and recall >= 0.99
     assert "tiles" in result.stdout and "seconds" in result.stdout
 
 

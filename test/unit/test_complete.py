@@ -11,7 +11,7 @@ import pytest
 
 from modelrunner.features.convert import box_polygon
 from modelrunner.features.merge import distill
-from modelrunner.features.seams import FeatureSet, PackedFeatureSet, merge_seams
+from modelrunner.features.seams import FeatureSet, PackedFeatureSet, merge_packed, merge_seams
 from modelrunner.requests import DistillationOption
 from modelrunner.runner.complete import merge_regions
 
@@ -120,7 +120,7 @@ def test_packed_sets_keep_columns_and_texts(count, chunk_bytes):
         assert read.take(np.array([count - 1, 0])).texts == original.take(np.array([count - 1, 0])).texts
 
 
-@pytest.mark.parametrize("algorithm", ["NMS", "SOFT_NMS", "NMM"])
+@pytest.mark.parametrize("algorithm", ["NMS", "SOFT_NMS", "NMM", "GREEDYNMM"])
 def test_streamed_job_features_are_the_in_memory_merge(algorithm):
     rows, results = region_results(5)
     option = DistillationOption(algorithm_type=algorithm, iou_threshold=0.3)
@@ -148,3 +148,43 @@ def test_a_failed_region_without_result_changes_no_selection():
     everything = [f for r in rows if r["region_id"] != missing for f in results[r["region_id"]].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
     assert sorted(json.dumps(json.loads(t), sort_keys=True) for t in merge_regions(rows, without, option)) == expected
+
+
+# Two tiles (or regions) 100 px wide overlapping by 40 px, and what each saw of three objects.
+LEFT, RIGHT = (0.0, 0.0, 100.0, 100.0), (60.0, 0.0, 160.0, 100.0)
+
+
+def _views() -> tuple[list[dict], list[dict]]:
+    left = [box_feature(1, 90, 10, 10, 20, 0.9, "a"),  # object A, cut by the left window's right edge
+            box_feature(2, 50, 50, 50, 40, 0.8, "a"),  # object B (50..160), cut ...
+            box_feature(3, 70, 30, 10, 8, 0.7, "a")]  # object C, whole in the overlap
+    right = [box_feature(4, 90, 10, 20, 20, 0.6, "a"),  # A whole
+             box_feature(5, 60, 50, 100, 40, 0.5, "a"),  # B, cut by the right window's left edge
+             box_feature(6, 70, 30, 10, 8, 0.7, "a")]  # C again
+    return left, right
+
+
+@pytest.mark.parametrize("algorithm", ["NMS", "NMM", "GREEDYNMM"])
+def test_edge_truncation_makes_one_feature_per_object_across_a_seam(algorithm):
+    left, right = _views()
+    parts = [(LEFT, FeatureSet.of(left)), (RIGHT, FeatureSet.of(right))]
+    plain = merge_seams(parts, DistillationOption(algorithm_type=algorithm))
+    assert len(plain) == 5, "IoU 0.5 and 0.45 between the views of A and B: both views of each stay"
+    relocated = []
+
+    def relocate(feature):
+        relocated.append(feature["id"])
+        return feature
+
+    option = DistillationOption(algorithm_type=algorithm, edge_truncation="MERGE")
+    merged = merge_seams(parts, option, relocate)
+    # A: the right tile's whole view; B: rebuilt from its two pieces (kept: the better-scored piece); C: once.
+    assert sorted(f["id"] for f in merged.features()) == ["f2", "f3", "f4"]
+    assert sorted(map(tuple, merged.boxes.tolist())) == [(50.0, 50.0, 160.0, 90.0), (70.0, 30.0, 80.0, 38.0),
+                                                         (90.0, 10.0, 110.0, 30.0)]
+    assert relocated == ["f2"], "only the rebuilt box of B changed geometry"
+    suppressed = merge_seams(parts, DistillationOption(algorithm_type=algorithm, edge_truncation="SUPPRESS"))
+    assert len(suppressed) == 3 and "f1" not in {f["id"] for f in suppressed.features()}
+    # At the job level the parts are regions, stored packed: the same selection.
+    packed = [(w, PackedFeatureSet.pack(p, 4096)) for w, p in parts]
+    assert sorted(merge_packed(packed, option)) == sorted(merged.texts)

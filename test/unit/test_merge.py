@@ -30,10 +30,13 @@ from modelrunner.features.merge import (
     box_metric,
     canonical_order,
     distill,
+    greedy_nmm_indices,
     nmm_indices,
     nms_indices,
     overlapping_pairs,
+    resolve_truncated,
     soft_nms_indices,
+    truncated_at_edges,
 )
 from modelrunner.requests import DistillationOption
 
@@ -153,6 +156,32 @@ def reference_nmm(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray | Non
     return merged
 
 
+def reference_transitive_nmm(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray | None, t: float,
+                             metric: str) -> dict[int, list[float]]:
+    """SAHI's NMM, its loop written out: every visited box claims its unclaimed lower matches for its group."""
+    owner = np.full(len(boxes), -1)
+    groups: dict[int, list[int]] = {}
+    position = {k: p for p, k in enumerate(order.tolist())}
+    for i in order.tolist():
+        if owner[i] < 0:
+            owner[i] = i
+            groups[i] = []
+        same = np.ones(len(boxes), dtype=bool) if labels is None else labels == labels[i]
+        hit = same & (box_metric(boxes[i][None, :], boxes, metric) > t)
+        for j in sorted(np.flatnonzero(hit).tolist(), key=position.__getitem__):
+            if position[j] > position[i] and owner[j] < 0:
+                owner[j] = owner[i]
+                groups[owner[i]].append(j)
+    merged = {}
+    for keeper, members in groups.items():
+        box = boxes[keeper].copy()
+        for j in members:
+            if box_metric(box[None, :], boxes[j][None, :], metric)[0] > t:
+                box = np.concatenate((np.minimum(box[:2], boxes[j][:2]), np.maximum(box[2:], boxes[j][2:])))
+        merged[keeper] = box.tolist()
+    return merged
+
+
 def reference_soft(boxes: np.ndarray, scores: np.ndarray, rank: np.ndarray, t: float, sigma: float,
                    skip: float, metric: str) -> dict[int, float]:
     cur = scores.astype(float).copy()
@@ -249,14 +278,96 @@ def test_per_class_is_nms_of_each_class(data: tuple[np.ndarray, ...], t: float) 
 
 @SETTINGS
 @given(tiled_boxes(), thresholds, st.sampled_from(["IOU", "IOS"]))
-def test_nmm_is_sahi_greedy_nmm(data: tuple[np.ndarray, ...], t: float, metric: str) -> None:
+def test_greedy_nmm_is_sahi_greedy_nmm(data: tuple[np.ndarray, ...], t: float, metric: str) -> None:
     boxes, scores, labels = data
     order = canonical_order(boxes, scores, labels)
-    keep, merged = nmm_indices(boxes, scores, labels, t, metric)
+    keep, merged = greedy_nmm_indices(boxes, scores, labels, t, metric)
     expected = reference_nmm(boxes, order, labels, t, metric)
     assert keep.tolist() == [k for k in order.tolist() if k in expected]
     np.testing.assert_array_equal(merged, np.array([expected[k] for k in keep.tolist()]).reshape(-1, 4))
     assert keep.tolist() == nms_indices(boxes, scores, labels, t, metric).tolist()
+
+
+@SETTINGS
+@given(tiled_boxes(), thresholds, st.sampled_from(["IOU", "IOS"]))
+def test_nmm_is_sahi_transitive_nmm(data: tuple[np.ndarray, ...], t: float, metric: str) -> None:
+    boxes, scores, labels = data
+    order = canonical_order(boxes, scores, labels)
+    keep, merged = nmm_indices(boxes, scores, labels, t, metric)
+    expected = reference_transitive_nmm(boxes, order, labels, t, metric)
+    assert keep.tolist() == [k for k in order.tolist() if k in expected]
+    np.testing.assert_array_equal(merged, np.array([expected[k] for k in keep.tolist()]).reshape(-1, 4))
+
+
+def test_transitive_nmm_follows_a_chain_that_greedy_nmm_cuts() -> None:
+    """A matches B, B matches C, A does not match C: NMM makes one object, greedy NMM two."""
+    boxes = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [8, 0, 18, 10]], dtype=float)
+    scores = np.array([0.9, 0.8, 0.7])
+    keep, merged = nmm_indices(boxes, scores, None, 0.3)
+    assert keep.tolist() == [0]
+    assert merged.tolist() == [[0, 0, 18, 10]]  # the re-check passes for C against the grown box A+B
+    keep_g, merged_g = greedy_nmm_indices(boxes, scores, None, 0.3)
+    assert keep_g.tolist() == [0, 2] and merged_g.tolist() == [[0, 0, 14, 10], [8, 0, 18, 10]]
+
+
+# Edge-truncated partial views ---------------------------------------------------------------------------
+
+LEFT_TILE = (0.0, 0.0, 100.0, 100.0)
+RIGHT_TILE = (60.0, 0.0, 160.0, 100.0)  # 40 px overlap
+
+
+def test_a_box_is_truncated_only_by_an_interior_edge_within_the_margin() -> None:
+    boxes = np.array([
+        [90, 10, 100, 30],  # cut by the left tile's right edge, beyond which the right tile goes on
+        [0, 10, 20, 30],  # on the image's left border: nothing beyond it
+        [70, 40, 97, 60],  # 3 px short of the edge: cut only with a margin of 3
+        [10, 0, 30, 20],  # on the image's top border
+    ], dtype=float)
+    assert truncated_at_edges(boxes, LEFT_TILE, [RIGHT_TILE], 2).tolist() == [True, False, False, False]
+    assert truncated_at_edges(boxes, LEFT_TILE, [RIGHT_TILE], 3).tolist() == [True, False, True, False]
+    assert not truncated_at_edges(boxes, LEFT_TILE, np.zeros((0, 4)), 2).any()
+    below = (0.0, 60.0, 100.0, 160.0)
+    cut = truncated_at_edges(np.array([[10, 80, 30, 100]], dtype=float), LEFT_TILE, [below], 0)
+    assert cut.tolist() == [True]
+
+
+def test_resolve_truncated_keeps_the_whole_view_or_merges_the_pieces() -> None:
+    boxes = np.array([
+        [90, 10, 100, 30],  # 0: sliver of object A, cut by the left tile
+        [90, 10, 110, 30],  # 1: object A whole, seen by the right tile
+        [50, 50, 100, 90],  # 2: object B (110 px wide) cut by the left tile ...
+        [60, 50, 160, 90],  # 3: ... and by the right tile: no tile saw it whole
+        [10, 10, 30, 30],  # 4: an untouched object
+    ], dtype=float)
+    cut = np.array([True, False, True, True, False])
+    rank = np.array([0, 1, 2, 3, 4])  # the sliver ranks best: a score must not make a piece win
+    stay, out = resolve_truncated(boxes, cut, rank, "SUPPRESS")
+    assert stay.tolist() == [False, True, True, False, True]
+    np.testing.assert_array_equal(out[stay], boxes[[1, 2, 4]])
+    stay, out = resolve_truncated(boxes, cut, rank, "MERGE")
+    assert stay.tolist() == [False, True, True, False, True]
+    np.testing.assert_array_equal(out[stay], [[90, 10, 110, 30], [50, 50, 160, 90], [10, 10, 30, 30]])
+    # Other labels are other objects; a partial without a partner stays.
+    stay, _ = resolve_truncated(boxes, cut, rank, "MERGE", labels=np.array([0, 1, 0, 0, 0]))
+    assert stay.tolist() == [True, True, True, False, True]
+    with pytest.raises(ValueError, match="SUPPRESS or MERGE"):
+        resolve_truncated(boxes, cut, rank, "NONE")
+
+
+def test_distill_with_edge_truncation_outputs_one_whole_box() -> None:
+    sliver = box_feature((90, 10, 100, 30), 0.9)
+    whole = box_feature((90, 10, 110, 30), 0.8)
+    plain = DistillationOption()
+    assert len(distill([sliver, whole], plain)) == 2, "IoU 0.5 < 0.75: NMS keeps both views"
+    option = DistillationOption(edge_truncation="SUPPRESS")
+    assert distill([sliver, whole], option, truncated=[True, False]) == [whole]
+    assert len(distill([sliver, whole], option)) == 2, "without flags nothing is known to be cut"
+    left, right = box_feature((50, 50, 100, 90), 0.9), box_feature((60, 50, 160, 90), 0.7)
+    moved = []
+    out = distill([left, right], DistillationOption(edge_truncation="MERGE"), lambda f: moved.append(f) or f,
+                  truncated=[True, True])
+    assert len(out) == 1 and out[0]["properties"]["imageBBox"] == [50.0, 50.0, 160.0, 90.0]
+    assert out[0]["properties"]["featureClasses"] == left["properties"]["featureClasses"] and moved == out
 
 
 @settings(max_examples=max(EXAMPLES // 2, 10), deadline=None)
@@ -309,9 +420,13 @@ def test_long_chains_finish_sequentially_and_still_match() -> None:
     expected = reference_soft(boxes, scores, np.argsort(order), 0.5, 0.5, 0.001, "IOU")
     assert sorted(keep_s.tolist()) == sorted(expected)
     np.testing.assert_allclose(decayed, [expected[k] for k in keep_s.tolist()], rtol=1e-12)
-    keep_m, merged = nmm_indices(boxes, scores, None, 0.8)
+    keep_m, merged = greedy_nmm_indices(boxes, scores, None, 0.8)
     assert {k: v for k, v in zip(keep_m.tolist(), merged.tolist(), strict=True)} == reference_nmm(
         boxes, order, None, 0.8, "IOU")
+    keep_t, merged_t = nmm_indices(boxes, scores, None, 0.8)
+    assert {k: v for k, v in zip(keep_t.tolist(), merged_t.tolist(), strict=True)} == reference_transitive_nmm(
+        boxes, order, None, 0.8, "IOU")
+    assert keep_t.tolist() == [int(order[0])], "a chain is one group for the transitive merge"
 
 
 def test_a_realistic_tiled_set_matches_ensemble_boxes() -> None:
@@ -366,7 +481,8 @@ def as_features(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> li
 
 
 @SETTINGS
-@given(tiled_boxes(), thresholds, st.sampled_from(["NMS", "SOFT_NMS", "NMM"]), st.booleans(), st.randoms())
+@given(tiled_boxes(), thresholds, st.sampled_from(["NMS", "SOFT_NMS", "NMM", "GREEDYNMM"]), st.booleans(),
+       st.randoms())
 def test_distill_does_not_depend_on_input_order(data: tuple[np.ndarray, ...], t: float, algorithm: str,
                                                 agnostic: bool, rnd: random.Random) -> None:
     boxes, scores, labels = data

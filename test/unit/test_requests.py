@@ -3,7 +3,14 @@ import json
 import pytest
 
 from modelrunner.errors import RequestError
-from modelrunner.requests import DistillationOption, ImageRequest, KinesisOutput, RegionRequest, S3Output
+from modelrunner.requests import (
+    RECOMMENDED_DISTILLATION,
+    DistillationOption,
+    ImageRequest,
+    KinesisOutput,
+    RegionRequest,
+    S3Output,
+)
 
 
 def body(**over):
@@ -102,6 +109,21 @@ def test_arn_names_become_resource_names():
     ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"bogus": 1}}]},
      "postProcessing[0].algorithm.bogus"),
     ({"postProcessing": [{"step": "FEATURE_DISTILLATION"}, {"step": "FEATURE_DISTILLATION"}]}, "postProcessing"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"edgeTruncation": "DROP"}}]},
+     "postProcessing[0].algorithm.edgeTruncation"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"algorithmType": "SOFT_NMS",
+                                                                       "edgeTruncation": "MERGE"}}]},
+     "postProcessing[0].algorithm.edgeTruncation"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"edgeMargin": 3}}]},
+     "postProcessing[0].algorithm.edgeMargin"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"edgeTruncation": "MERGE",
+                                                                       "edgeMargin": -1}}]},
+     "postProcessing[0].algorithm.edgeMargin"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"edgeTruncation": "MERGE",
+                                                                       "edgeMargin": "wide"}}]},
+     "postProcessing[0].algorithm.edgeMargin"),
+    ({"postProcessing": [{"step": "FEATURE_DISTILLATION", "algorithm": {"algorithmType": "GREEDY_NMM"}}]},
+     "postProcessing[0].algorithm.algorithmType"),
 ])
 def test_invalid_requests_name_the_field(change, field):
     with pytest.raises(RequestError) as err:
@@ -122,6 +144,28 @@ def test_distillation_stored_form_is_the_references():
                               "sigma": 0.1}
     assert DistillationOption().to_dict() == {"algorithm_type": "NMS", "iou_threshold": 0.75}
     assert DistillationOption.from_stored(soft.to_dict()) == soft
+
+
+def test_greedy_nmm_and_edge_truncation_parse_store_and_round_trip():
+    algorithm = {"algorithmType": "GREEDYNMM", "matchMetric": "IOS", "iouThreshold": 0.5,
+                 "edgeTruncation": "SUPPRESS", "edgeMargin": 3}
+    req = ImageRequest.from_dict(body(postProcessing=[{"step": "FEATURE_DISTILLATION", "algorithm": algorithm}]))
+    option = req.distillation
+    assert option == DistillationOption(algorithm_type="GREEDYNMM", iou_threshold=0.5, match_metric="IOS",
+                                        edge_truncation="SUPPRESS", edge_margin=3.0)
+    assert option.to_dict() == {"algorithm_type": "GREEDYNMM", "iou_threshold": 0.5, "match_metric": "IOS",
+                                "edge_truncation": "SUPPRESS", "edge_margin": 3.0}
+    assert DistillationOption.from_stored(option.to_dict()) == option
+    assert ImageRequest.from_dict(req.to_dict()).distillation == option
+    snake = DistillationOption.from_dict({"algorithm_type": "NMM", "edge_truncation": "MERGE"})
+    assert (snake.edge_truncation, snake.edge_margin) == ("MERGE", 2.0)
+
+
+def test_the_recommended_merge_is_a_valid_request_and_not_the_default():
+    wire = RECOMMENDED_DISTILLATION.to_wire()
+    assert DistillationOption.from_dict(wire) == RECOMMENDED_DISTILLATION
+    assert DistillationOption() != RECOMMENDED_DISTILLATION
+    assert ImageRequest.from_dict(body()).distillation == DistillationOption(algorithm_type="NMS", iou_threshold=0.75)
 
 
 def test_region_request_wire_format():

@@ -65,6 +65,25 @@ def test_objects_are_bright_rectangles_on_a_dark_background(tmp_path: Path) -> N
             assert gap >= 16
 
 
+def test_object_layout_options(tmp_path: Path) -> None:
+    """Larger objects in larger cells, and packed objects 2 px apart that the objects model still tells apart."""
+    large = make_scene(tmp_path / "l.tif", 1000, 1000, seed=3, object_sides=(80, 200), object_cell=250)
+    sides = np.array([(b[2] - b[0], b[3] - b[1]) for b in large.objects])
+    assert len(large.objects) == round(1000 * 1000 / 65536) and sides.min() >= 80 and sides.max() <= 200
+    packed = make_scene(tmp_path / "p.tif", 480, 480, seed=4, object_sides=(46, 46), object_cell=48,
+                        object_margin=1, object_count=30)
+    gaps = [max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3])
+            for i, a in enumerate(packed.objects) for b in packed.objects[i + 1:]]
+    assert min(gaps) == 2
+    luminance = gdal.Open(packed.path).ReadAsArray().mean(axis=0)
+    for x0, y0, x1, y1 in packed.objects:
+        assert luminance[int(y0):int(y1), int(x0):int(x1)].min() >= 140
+    default = make_scene(tmp_path / "d.tif", 700, 600, seed=4)
+    explicit = make_scene(tmp_path / "e.tif", 700, 600, seed=4, object_sides=(20, 60), object_cell=96,
+                          object_margin=8)
+    assert digest(default.path) == digest(explicit.path), "the defaults are the layout every test relies on"
+
+
 def test_tiled_geotiff_layout_and_georeferencing(tmp_path: Path) -> None:
     scene = make_scene(tmp_path / "s.tif", 1300, 1100)
     dataset = gdal.Open(scene.path)
@@ -186,6 +205,8 @@ def test_nitf_utm_scene_has_utm_igeolo(tmp_path: Path) -> None:
         {"object_count": 10_000},
         {"compress": "DEFLATE", "driver": "NITF"},
         {"bands": 0},
+        {"object_sides": (50, 90)},  # 90 + 2 * 8 does not fit a 96 px cell
+        {"object_sides": (0, 10)},
     ],
 )
 def test_invalid_arguments(tmp_path: Path, kwargs: dict[str, object]) -> None:

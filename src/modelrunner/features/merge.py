@@ -6,7 +6,8 @@ feature per object, the way the request's ``FEATURE_DISTILLATION`` step
 (:class:`~modelrunner.requests.DistillationOption`) asks:
 
 * box features (a Point, an axis-aligned rectangular Polygon, or only an ``imageBBox``) go through NMS,
-  soft-NMS or NMM on their pixel boxes, per class unless ``class_agnostic``;
+  soft-NMS, NMM or greedy NMM on their pixel boxes, per class unless ``class_agnostic``, optionally after
+  partial views cut by tile edges were resolved (``edge_truncation``, :func:`resolve_truncated`);
 * any other geometry (masks, roads: non-rectangular Polygons, MultiPolygons, LineStrings, ...) is never
   suppressed as a box: pieces of one class that touch or overlap are joined into one geometry (shapely
   union), keeping the best-scored piece's properties.
@@ -15,9 +16,9 @@ The box algorithms select exactly what the reference's global ``ensemble_boxes``
 quadratic cost: candidate pairs come from a spatial grid in numpy (only boxes that can reach the threshold
 are ever compared), and the greedy suppression runs on the resulting conflict graph in vectorised rounds,
 which is how 100,000 boxes take tens of milliseconds instead of seconds. The lower-level array functions
-(:func:`nms_indices`, :func:`soft_nms_indices`, :func:`nmm_indices`) are public so benchmarks and other
-callers can use the algorithms without GeoJSON. ``match_metric`` IOS (intersection over the smaller box's
-area) replaces IoU everywhere, for all three algorithms.
+(:func:`nms_indices`, :func:`soft_nms_indices`, :func:`nmm_indices`, :func:`greedy_nmm_indices`) are public
+so benchmarks and other callers can use the algorithms without GeoJSON. ``match_metric`` IOS (intersection
+over the smaller box's area) replaces IoU everywhere, for all four algorithms.
 
 Determinism: the result depends on the *set* of features, never on their order. Every choice between equal
 scores is made by a canonical key (score descending, then the box ``minx, miny, maxx, maxy``, the label and,
@@ -60,10 +61,13 @@ __all__ = [
     "box_metric",
     "canonical_order",
     "distill",
+    "greedy_nmm_indices",
     "nmm_indices",
     "nms_indices",
     "overlapping_pairs",
+    "resolve_truncated",
     "soft_nms_indices",
+    "truncated_at_edges",
 ]
 
 FloatArray = NDArray[np.float64]
@@ -593,7 +597,34 @@ def soft_nms_indices(
     return keep, final[keep]
 
 
-def nmm_indices(
+def _grow_groups(b: FloatArray, owner_of: IntArray, member: IntArray, threshold: float, metric: str) -> FloatArray:
+    """Each owner's box grown to the union of its members' boxes, SAHI's way.
+
+    Members are taken in the order given (grouped by owner), and a member is merged only when its metric with
+    the box merged so far is still ``> threshold`` (SAHI's ``has_match`` re-check); one failing it is dropped
+    all the same. All groups advance one member at a time together, so the loop runs as many times as the
+    largest group has members, not once per box.
+    """
+    merged = b.copy()
+    if not member.size:
+        return merged
+    start = np.concatenate(([True], owner_of[1:] != owner_of[:-1]))
+    group_start = np.maximum.accumulate(np.where(start, np.arange(member.size), 0))
+    position = np.arange(member.size) - group_start
+    for k in range(int(position.max()) + 1):
+        at = position == k
+        o, m = owner_of[at], member[at]
+        cur = merged[o]
+        other = b[m]
+        ok = _metric_columns(cur[:, 0], cur[:, 1], cur[:, 2], cur[:, 3],
+                             other[:, 0], other[:, 1], other[:, 2], other[:, 3], metric) > threshold
+        o, cur, other = o[ok], cur[ok], other[ok]
+        merged[o] = np.concatenate((np.minimum(cur[:, :2], other[:, :2]),
+                                    np.maximum(cur[:, 2:], other[:, 2:])), axis=1)
+    return merged
+
+
+def greedy_nmm_indices(
     boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike | None = None, threshold: float = 0.75,
     metric: str = "IOU", order: ArrayLike | None = None,
 ) -> tuple[IntArray, FloatArray]:
@@ -608,7 +639,6 @@ def nmm_indices(
     b, _, ordered, rank, pairs, _ = _prepare(boxes, scores, labels, threshold, metric, order)
     u, v = _orient(rank, pairs)
     kept = _greedy_keep(len(b), rank, u, v)
-    merged = b.copy()
     take = kept[u] & ~kept[v]
     owner_of, member = u[take], v[take]
     if member.size:
@@ -617,24 +647,157 @@ def nmm_indices(
         owner_of, member = owner_of[first], member[first]
         new = np.concatenate(([True], member[1:] != member[:-1]))
         owner_of, member = owner_of[new], member[new]
-        # Members best first within each group, then merged one position at a time across all groups.
+        # Members best first within each group.
         by_group = np.lexsort((rank[member], rank[owner_of]))
         owner_of, member = owner_of[by_group], member[by_group]
-        start = np.concatenate(([True], owner_of[1:] != owner_of[:-1]))
-        group_start = np.maximum.accumulate(np.where(start, np.arange(member.size), 0))
-        position = np.arange(member.size) - group_start
-        for k in range(int(position.max()) + 1):
-            at = position == k
-            o, m = owner_of[at], member[at]
-            cur = merged[o]
-            other = b[m]
-            ok = _metric_columns(cur[:, 0], cur[:, 1], cur[:, 2], cur[:, 3],
-                                 other[:, 0], other[:, 1], other[:, 2], other[:, 3], metric) > threshold
-            o, cur, other = o[ok], cur[ok], other[ok]
-            merged[o] = np.concatenate((np.minimum(cur[:, :2], other[:, :2]),
-                                        np.maximum(cur[:, 2:], other[:, 2:])), axis=1)
+    merged = _grow_groups(b, owner_of, member, threshold, metric)
     keep = ordered[kept[ordered]]
     return keep, merged[keep]
+
+
+def nmm_indices(
+    boxes: ArrayLike, scores: ArrayLike, labels: ArrayLike | None = None, threshold: float = 0.75,
+    metric: str = "IOU", order: ArrayLike | None = None,
+) -> tuple[IntArray, FloatArray]:
+    """Non-maximum merging, transitive (SAHI's ``NMM``): ``(kept indices best first, their merged boxes)``.
+
+    SAHI visits boxes by score; an unclaimed box starts a group, and every box visited (claimed or not)
+    claims for its group the unclaimed lower boxes it matches (metric ``> threshold``), so a group follows
+    chains of matches, which greedy NMM does not. A box is therefore claimed by its best-ranked better
+    neighbour, and the group's keeper is the root of that parent chain: here the parents are found on the
+    conflict graph at once and followed by pointer jumping. The keeper's box then grows to the union of its
+    members (taken in claim order, with SAHI's re-check, see :func:`_grow_groups`); its score is kept.
+    """
+    b, _, ordered, rank, pairs, _ = _prepare(boxes, scores, labels, threshold, metric, order)
+    u, v = _orient(rank, pairs)
+    n = len(b)
+    parent = np.arange(n, dtype=np.int64)
+    if v.size:
+        best = np.lexsort((rank[u], v))  # per claimed box v, its better neighbours best first
+        first = np.concatenate(([True], v[best][1:] != v[best][:-1]))
+        parent[v[best][first]] = u[best][first]
+    root = parent.copy()
+    while True:  # parents always rank better, so the chains end: O(log depth) rounds
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    kept = root == np.arange(n)
+    member = np.flatnonzero(~kept)
+    owner_of = root[member]
+    # Claim order: by the claiming box's rank (SAHI's visiting order), then the member's rank.
+    by_claim = np.lexsort((rank[member], rank[parent[member]], rank[owner_of]))
+    owner_of, member = owner_of[by_claim], member[by_claim]
+    merged = _grow_groups(b, owner_of, member, threshold, metric)
+    keep = ordered[kept[ordered]]
+    return keep, merged[keep]
+
+
+# Edge-truncated detections ------------------------------------------------------------------------------
+
+EDGE_MATCH = 0.5
+"""A truncated detection is a partial view of another detection when more than this share of its own area lies
+inside that detection's box."""
+
+
+def truncated_at_edges(
+    boxes: ArrayLike, window: Sequence[float], others: ArrayLike, margin: float,
+) -> NDArray[np.bool_]:
+    """Which boxes of one tile (or region) are cut by one of its *interior* edges.
+
+    A box is truncated when one of its sides lies within ``margin`` pixels of the same side of its own
+    ``window`` (minx, miny, maxx, maxy) and another window in ``others`` ((k, 4)) continues the image
+    beyond that edge along the box: there a neighbour saw more of the object. Sides on the image's own border
+    never count: nothing lies beyond them.
+    """
+    b = _as_boxes(boxes)
+    o = np.asarray(others, dtype=np.float64).reshape(-1, 4)
+    out = np.zeros(len(b), dtype=bool)
+    if not len(b) or not len(o):
+        return out
+    wx1, wy1, wx2, wy2 = (float(v) for v in window)
+    x1, y1, x2, y2 = (b[:, k, None] for k in range(4))
+    ox1, oy1, ox2, oy2 = (o[None, :, k] for k in range(4))
+    along_y = (oy1 < y2) & (oy2 > y1)
+    along_x = (ox1 < x2) & (ox2 > x1)
+    out |= (b[:, 0] <= wx1 + margin) & ((ox1 < wx1) & (ox2 > wx1) & along_y).any(axis=1)
+    out |= (b[:, 2] >= wx2 - margin) & ((ox2 > wx2) & (ox1 < wx2) & along_y).any(axis=1)
+    out |= (b[:, 1] <= wy1 + margin) & ((oy1 < wy1) & (oy2 > wy1) & along_x).any(axis=1)
+    out |= (b[:, 3] >= wy2 - margin) & ((oy2 > wy2) & (oy1 < wy2) & along_x).any(axis=1)
+    return out
+
+
+def _components(n: int, src: IntArray, dst: IntArray) -> IntArray:
+    """Connected components of an undirected graph: each node's label is its component's smallest node."""
+    label = np.arange(n, dtype=np.int64)
+    if not src.size:
+        return label
+    while True:
+        low = np.minimum(label[src], label[dst])
+        before = label.copy()
+        np.minimum.at(label, src, low)
+        np.minimum.at(label, dst, low)
+        label = label[label]
+        if np.array_equal(label, before):
+            return label
+
+
+def resolve_truncated(
+    boxes: ArrayLike, truncated: ArrayLike, rank: ArrayLike, mode: str, labels: ArrayLike | None = None,
+) -> tuple[NDArray[np.bool_], FloatArray]:
+    """Partial views at tile edges: ``(which boxes stay, their boxes)``, before the merge algorithm runs.
+
+    A truncated box (see :func:`truncated_at_edges`) points at its best *partner*: a box of the same label
+    (any label with ``labels`` None) holding more than :data:`EDGE_MATCH` of its area, preferring a box
+    that is not truncated itself (a whole view), then the larger share, then the better ``rank``. A partial
+    view and what it points at are views of one object, so each connected group of them becomes one box:
+    the group's whole view if it has one (it can have at most one: only truncated boxes point), otherwise
+    its best-ranked partial. ``mode`` ``SUPPRESS`` keeps that box as it is and drops the partials;
+    ``MERGE`` also grows it to the union of the group, which rebuilds an object that no tile saw whole (one
+    larger than the overlap) from its pieces. A truncated box without a partner stays as it is.
+    """
+    if mode not in ("SUPPRESS", "MERGE"):
+        raise ValueError(f"mode must be SUPPRESS or MERGE, got {mode!r}")
+    b = _as_boxes(boxes)
+    cut = np.asarray(truncated, dtype=bool).reshape(-1)
+    ranks = np.asarray(rank, dtype=np.int64).reshape(-1)
+    if cut.size != len(b) or ranks.size != len(b):
+        raise ValueError(f"{len(b)} boxes but {cut.size} truncated flags and {ranks.size} ranks")
+    n = len(b)
+    stay = np.ones(n, dtype=bool)
+    if not cut.any():
+        return stay, b.copy()
+    i, j, _ = overlapping_pairs(b, EDGE_MATCH, "IOS", labels)
+    src, dst = np.concatenate((i, j)), np.concatenate((j, i))
+    inter = (np.maximum(0.0, np.minimum(b[src, 2], b[dst, 2]) - np.maximum(b[src, 0], b[dst, 0]))
+             * np.maximum(0.0, np.minimum(b[src, 3], b[dst, 3]) - np.maximum(b[src, 1], b[dst, 1])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = inter / ((b[src, 2] - b[src, 0]) * (b[src, 3] - b[src, 1]))
+    use = cut[src] & (share > EDGE_MATCH)
+    src, dst, share = src[use], dst[use], share[use]
+    if not src.size:
+        return stay, b.copy()
+    best = np.lexsort((ranks[dst], -share, cut[dst], src))
+    first = np.concatenate(([True], src[best][1:] != src[best][:-1]))
+    src, dst = src[best][first], dst[best][first]
+    group = _components(n, src, dst)
+    # The group's representative: its whole view, else its best-ranked member.
+    by = np.lexsort((ranks, cut, group))
+    lead = np.concatenate(([True], group[by][1:] != group[by][:-1]))
+    representative = np.empty(n, dtype=np.int64)
+    representative[group[by][lead]] = by[lead]
+    rep = representative[group]
+    stay = rep == np.arange(n)
+    out = b.copy()
+    if mode == "MERGE":
+        lo_x, lo_y = out[:, 0].copy(), out[:, 1].copy()
+        hi_x, hi_y = out[:, 2].copy(), out[:, 3].copy()
+        np.minimum.at(lo_x, rep, b[:, 0])
+        np.minimum.at(lo_y, rep, b[:, 1])
+        np.maximum.at(hi_x, rep, b[:, 2])
+        np.maximum.at(hi_y, rep, b[:, 3])
+        out = np.stack((lo_x, lo_y, hi_x, hi_y), axis=1)
+    return stay, out
 
 
 # Features ----------------------------------------------------------------------------------------------
@@ -947,6 +1110,7 @@ def _join_shapes(
 
 def distill(
     features: Sequence[dict[str, Any]], option: DistillationOption, relocate: Relocate | None = None,
+    *, truncated: ArrayLike | None = None,
 ) -> list[dict[str, Any]]:
     """Merge duplicate detections (the FEATURE_DISTILLATION step); returns new list, inputs untouched.
 
@@ -957,8 +1121,13 @@ def distill(
       - ``SOFT_NMS``: :func:`soft_nms_indices`; each kept feature is a copy whose top featureClasses entry
         has the decayed ``score`` and the original one as ``rawScore``. Features without featureClasses
         score -1 and so fall under ``skip_box_threshold``.
-      - ``NMM``: :func:`nmm_indices`; a kept feature whose group grew its box is a copy with that box as
-        its ``imageGeometry`` Polygon (and ``imageBBox`` when it had one).
+      - ``NMM`` / ``GREEDYNMM``: :func:`nmm_indices` / :func:`greedy_nmm_indices`; a kept feature whose
+        group grew its box is a copy with that box as its ``imageGeometry`` Polygon (and ``imageBBox`` when
+        it had one).
+
+      With ``option.edge_truncation`` SUPPRESS or MERGE and ``truncated`` (one flag per feature: cut by an
+      interior tile edge, see :func:`truncated_at_edges`), partial views are first resolved by
+      :func:`resolve_truncated`; a box MERGE grew is output like an NMM one.
 
     * Other geometries of one class (and of one family: polygons with polygons, lines with lines) that
       touch or overlap are joined (shapely union, lines merged end to end) into a copy of the best-scored
@@ -989,35 +1158,43 @@ def distill(
     box_idx = np.flatnonzero(parsed.kind == _BOX)
     if box_idx.size:
         boxes = np.stack((parsed.x1[box_idx], parsed.y1[box_idx], parsed.x2[box_idx], parsed.y2[box_idx]), axis=1)
-        scores = parsed.score[box_idx]
+        original = boxes
         labels = None if option.class_agnostic else label_key[box_idx]
+        if option.edge_truncation != "NONE" and truncated is not None:
+            cut = np.asarray(truncated, dtype=bool).reshape(-1)
+            if cut.size != len(features):
+                raise ValueError(f"{len(features)} features but {cut.size} truncated flags")
+            stay, boxes = resolve_truncated(boxes, cut[box_idx], rank[box_idx], option.edge_truncation, labels)
+            box_idx, boxes, original = box_idx[stay], boxes[stay], original[stay]
+            labels = None if labels is None else labels[stay]
+        scores = parsed.score[box_idx]
         sub_order = _radix_argsort([rank[box_idx].astype(np.uint64)], rank_bits)
         kind = option.algorithm_type
         t, metric = option.iou_threshold, option.match_metric
         if kind == "NMS":
-            kept = box_idx[nms_indices(boxes, scores, labels, t, metric, sub_order)]
-            picked.append(kept)
-            picked_score.append(parsed.score[kept])
+            keep = nms_indices(boxes, scores, labels, t, metric, sub_order)
+            final_boxes = boxes[keep]
+            picked_score.append(parsed.score[box_idx[keep]])
         elif kind == "SOFT_NMS":
             keep, decayed = soft_nms_indices(boxes, scores, labels, t, option.sigma, option.skip_box_threshold,
                                              metric, sub_order)
-            kept = box_idx[keep]
-            picked.append(kept)
+            final_boxes = boxes[keep]
             picked_score.append(decayed)
-            for k, s in zip(kept.tolist(), decayed.tolist(), strict=True):
+            for k, s in zip(box_idx[keep].tolist(), decayed.tolist(), strict=True):
                 replaced[k] = _rescored(features[k], parsed.best_class[k], s, float(parsed.score[k]))
         else:
-            keep, merged = nmm_indices(boxes, scores, labels, t, metric, sub_order)
-            kept = box_idx[keep]
-            picked.append(kept)
-            picked_score.append(parsed.score[kept])
-            grown = np.flatnonzero(np.any(merged != boxes[keep], axis=1))
-            for k, box in zip(kept[grown].tolist(), merged[grown].tolist(), strict=True):
-                changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
-                if "imageBBox" in (features[k].get("properties") or {}):
-                    changes["imageBBox"] = list(box)
-                replaced[k] = _with_properties(features[k], changes)
-                moved.add(k)
+            merge = nmm_indices if kind == "NMM" else greedy_nmm_indices
+            keep, final_boxes = merge(boxes, scores, labels, t, metric, sub_order)
+            picked_score.append(parsed.score[box_idx[keep]])
+        kept = box_idx[keep]
+        picked.append(kept)
+        grown = np.flatnonzero(np.any(final_boxes != original[keep], axis=1))
+        for k, box in zip(kept[grown].tolist(), final_boxes[grown].tolist(), strict=True):
+            changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
+            if "imageBBox" in (features[k].get("properties") or {}):
+                changes["imageBBox"] = list(box)
+            replaced[k] = _with_properties(replaced.get(k, features[k]), changes)
+            moved.add(k)
 
     shape_idx = np.flatnonzero(parsed.kind == _SHAPE)
     if shape_idx.size:

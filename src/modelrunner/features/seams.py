@@ -8,6 +8,10 @@ exactly what merging the union of the parts' results would select.
 
 SOFT_NMS is the exception: its decay is not idempotent, so lower levels pass features through unmerged and
 the job level merges everything once.
+
+Edge truncation (``option.edge_truncation``) needs the windows, so it is decided here: a seam feature whose box
+an interior edge of its own part's window cuts (another part's window continues beyond that edge) is flagged
+for :func:`~.merge.resolve_truncated`. Inside one tile nothing is cut, so the tile level never needs it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import orjson
 
 from ..requests import DistillationOption
-from .merge import Relocate, box_columns, distill, nms_indices
+from .merge import Relocate, box_columns, distill, nms_indices, truncated_at_edges
 
 Window = tuple[float, float, float, float]  # minx, miny, maxx, maxy in full-image pixels
 
@@ -302,6 +306,8 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
     windows = np.array([window for window, _ in parts], dtype=float).reshape(-1, 4)
     near_masks: list[np.ndarray] = []
     seam: list[FeatureSet] = []
+    cut: list[np.ndarray] = []  # per seam part: which of its near features an interior edge of its window cuts
+    edges = option.edge_truncation != "NONE"
     for i, (_, part) in enumerate(parts):
         if option.algorithm_type == "SOFT_NMS":
             near = np.ones(len(part), dtype=bool)
@@ -319,20 +325,31 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
             near = _reaching(part.boxes, windows[close]) & finite
         near_masks.append(near)
         if near.any():
-            seam.append(part.take(near))
-    return near_masks, merge_set(FeatureSet.concat(seam), option, relocate)
+            taken = part.take(near)
+            seam.append(taken)
+            if edges:  # a window that continues this one beyond one of its edges overlaps this one
+                own = windows[i]
+                overlapping = ((windows[:, 0] < own[2]) & (windows[:, 2] > own[0])
+                               & (windows[:, 1] < own[3]) & (windows[:, 3] > own[1]))
+                overlapping[i] = False
+                cut.append(truncated_at_edges(taken.boxes, own, windows[overlapping], option.edge_margin)
+                           & taken.is_box)
+    truncated = np.concatenate(cut) if edges and cut else None
+    return near_masks, merge_set(FeatureSet.concat(seam), option, relocate, truncated=truncated)
 
 
 def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relocate | None = None,
-              features: Sequence[dict[str, Any]] | None = None) -> FeatureSet:
+              features: Sequence[dict[str, Any]] | None = None, *, truncated: np.ndarray | None = None) -> FeatureSet:
     """Merge every feature of one set with every other (:func:`~.merge.distill`'s selection).
 
     With NMS and boxes only, the merge runs on the stored columns and nothing is parsed; otherwise the
     features (``features`` when the caller has them, else parsed from the texts) go through ``distill``.
+    ``truncated`` flags the features an interior tile edge cuts (``option.edge_truncation``).
     """
     if not len(candidates):
         return candidates
-    if option.algorithm_type == "NMS" and candidates.is_box.all():
+    edge_cases = truncated is not None and bool(truncated.any()) and option.edge_truncation != "NONE"
+    if option.algorithm_type == "NMS" and candidates.is_box.all() and not edge_cases:
         # Ties beyond score, box and label are broken by the text, never by arrival order.
         by_text = np.argsort(np.array(candidates.texts, dtype=object), kind="stable")
         ordered = candidates.take(by_text)
@@ -340,7 +357,7 @@ def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relo
         kept = nms_indices(ordered.boxes, ordered.scores, labels, option.iou_threshold, option.match_metric)
         return ordered.take(np.sort(kept))
     if features is None:
-        return FeatureSet.of(distill(candidates.features(), option, relocate))
+        return FeatureSet.of(distill(candidates.features(), option, relocate, truncated=truncated))
     text_of = {id(f): t for f, t in zip(features, candidates.texts, strict=True)}
-    kept = distill(features, option, relocate)
+    kept = distill(features, option, relocate, truncated=truncated)
     return FeatureSet.of(kept, [text_of.get(id(f)) or feature_text(f) for f in kept])

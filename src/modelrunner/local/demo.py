@@ -19,9 +19,11 @@ import tempfile
 import time
 from typing import Any
 
+from ..requests import DISTILLATION_STEP, RECOMMENDED_DISTILLATION, DistillationOption
 from ..state.jobs import FINAL, JobStore
 from ..state.regions import RegionStore
-from .overlay import recall, render_overlay
+from .accuracy import score_features
+from .overlay import render_overlay
 from .stack import (
     Process,
     Resources,
@@ -68,6 +70,14 @@ def _download_extras(res: Resources, job_id: str, out_dir: str) -> list[tuple[st
     return found
 
 
+def describe(option: DistillationOption) -> str:
+    """A merge setting in one line, as doc/merging.md and scripts/bench_merge_quality name it."""
+    text = f"{option.algorithm_type} {option.match_metric} {option.iou_threshold:g}"
+    if option.edge_truncation != "NONE":
+        text += f", edgeTruncation {option.edge_truncation} (edgeMargin {option.edge_margin:g} px)"
+    return text
+
+
 def run_demo(args: argparse.Namespace) -> int:
     out_dir = os.path.abspath(args.output)
     os.makedirs(out_dir, exist_ok=True)
@@ -107,6 +117,13 @@ def run_demo(args: argparse.Namespace) -> int:
             "imageProcessorTileSize": args.tile_size, "imageProcessorTileOverlap": args.tile_overlap,
             "imageProcessorTileFormat": args.tile_format, "imageProcessorTileCompression": args.tile_compression,
         }
+        recommended = getattr(args, "merge", "recommended") == "recommended"
+        merge = RECOMMENDED_DISTILLATION if recommended else DistillationOption()
+        if recommended:  # the reference's default needs no postProcessing: it is what a request without one gets
+            request["postProcessing"] = [{"step": DISTILLATION_STEP, "algorithm": merge.to_wire()}]
+        merge_line = describe(merge) + (" (the recommended setting, see doc/merging.md; --merge reference: the "
+                                        "drop-in default)" if recommended else " (the drop-in default)")
+        print(f"merging duplicates with {merge_line}", flush=True)
         with open(os.path.join(out_dir, "request.json"), "w") as handle:
             json.dump(request, handle, indent=2)
         env = res.worker_env(model_url=model.url, workers=args.workers, region_size=args.region_size)
@@ -165,8 +182,9 @@ def run_demo(args: argparse.Namespace) -> int:
                          f"{job.get('raw_feature_count', '?')} detections"),
             ("seconds", f"{seconds:.2f} ({tiles / seconds if seconds else 0:.1f} tiles/s)"),
         ]
+        rows.append(("merge", merge_line))
         if truth is not None and args.model == "objects":
-            rows.append(("recall", f"{recall(truth, features):.3f} of {len(truth)} ground-truth objects"))
+            rows.append(("accuracy", score_features(truth, features).line()))
         rows += [("result", result_path), *extras, ("overlay", f"{overlay_path} ({drawn} boxes)"),
                  ("statuses", os.path.join(out_dir, "statuses.json"))]
         width = max(len(k) for k, _ in rows)

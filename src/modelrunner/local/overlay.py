@@ -54,21 +54,3 @@ def render_overlay(image_path: str, features: Sequence[dict[str, Any]], out_path
         mem.GetRasterBand(i + 1).WriteArray(canvas[i])
     gdal.GetDriverByName("PNG").CreateCopy(out_path, mem)
     return drawn
-
-
-def recall(truth: Sequence[tuple[float, float, float, float]], features: Sequence[dict[str, Any]],
-           min_iou: float = 0.5) -> float:
-    """Fraction of ground-truth boxes matched by a detection with IoU >= ``min_iou``."""
-    if not truth:
-        return 1.0
-    found = np.array(feature_boxes(features), dtype=float).reshape(-1, 4)
-    hits = 0
-    for x0, y0, x1, y1 in truth:
-        if len(found) == 0:
-            break
-        iw = np.clip(np.minimum(found[:, 2], x1) - np.maximum(found[:, 0], x0), 0, None)
-        ih = np.clip(np.minimum(found[:, 3], y1) - np.maximum(found[:, 1], y0), 0, None)
-        inter = iw * ih
-        union = (x1 - x0) * (y1 - y0) + (found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]) - inter
-        hits += bool(np.any(inter / np.maximum(union, 1e-9) >= min_iou))
-    return hits / len(truth)

@@ -369,10 +369,19 @@ def _nitf_options(
 
 
 def _layout_objects(
-    width: int, height: int, bands: int, seed: int, count: int | None
+    width: int, height: int, bands: int, seed: int, count: int | None,
+    sides: tuple[int, int] = (_MIN_SIDE, _MAX_SIDE), cell: int = _CELL, margin: int = _MARGIN,
 ) -> tuple[list[Box], np.ndarray]:
-    """Object boxes (sorted by row then column) and their per-band 8-bit levels, from the seed alone."""
-    columns, rows = width // _CELL, height // _CELL
+    """Object boxes (sorted by row then column) and their per-band 8-bit levels, from the seed alone.
+
+    Each object sits in its own ``cell`` x ``cell`` grid cell, at least ``margin`` px inside it, so two
+    objects are at least ``2 * margin`` px apart (margin 1 with sides filling the cell: neighbours touch but
+    for a 2 px gap, the closest two objects can be and still be two blobs for the ``objects`` model).
+    """
+    min_side, max_side = sides
+    if not 1 <= min_side <= max_side or margin < 0 or max_side + 2 * margin > cell:
+        raise ValueError(f"object sides {sides} with margin {margin} do not fit a {cell} px cell")
+    columns, rows = width // cell, height // cell
     cells = columns * rows
     if count is None:
         count = min(cells, round(width * height / _PIXELS_PER_OBJECT))
@@ -382,16 +391,16 @@ def _layout_objects(
         raise ValueError(f"object_count {count} exceeds the {cells} object slots of a {width}x{height} scene")
     rng = np.random.default_rng([seed, 0x0B1EC7])
     chosen = np.sort(rng.choice(cells, size=count, replace=False)) if count else np.zeros(0, np.int64)
-    sides = rng.integers(_MIN_SIDE, _MAX_SIDE + 1, size=(count, 2))
-    slack = _CELL - 2 * _MARGIN - sides
+    side = rng.integers(min_side, max_side + 1, size=(count, 2))
+    slack = cell - 2 * margin - side
     offsets = (rng.random((count, 2)) * (slack + 1)).astype(np.int64)
     level = rng.integers(_OBJECT_LEVELS[0] + 10, _OBJECT_LEVELS[1] - 10 + 1, size=(count, 1))
     levels = np.clip(level + rng.integers(-10, 11, size=(count, bands)), *_OBJECT_LEVELS).astype(np.uint8)
     boxes: list[Box] = []
-    for index, cell in enumerate(chosen.tolist()):
-        x0 = (cell % columns) * _CELL + _MARGIN + int(offsets[index, 0])
-        y0 = (cell // columns) * _CELL + _MARGIN + int(offsets[index, 1])
-        boxes.append((float(x0), float(y0), float(x0 + sides[index, 0]), float(y0 + sides[index, 1])))
+    for index, slot in enumerate(chosen.tolist()):
+        x0 = (slot % columns) * cell + margin + int(offsets[index, 0])
+        y0 = (slot // columns) * cell + margin + int(offsets[index, 1])
+        boxes.append((float(x0), float(y0), float(x0 + side[index, 0]), float(y0 + side[index, 1])))
     return boxes, levels
 
 
@@ -480,6 +489,9 @@ def make_scene(
     pixel_size: float | None = None,
     block_size: int = 512,
     compress: str | None = None,
+    object_sides: tuple[int, int] = (_MIN_SIDE, _MAX_SIDE),
+    object_cell: int = _CELL,
+    object_margin: int = _MARGIN,
 ) -> Scene:
     """Write a synthetic scene to ``path`` and return it with its ground-truth object boxes.
 
@@ -487,7 +499,10 @@ def make_scene(
     cells, so a scene holds at most ``(width // 96) * (height // 96)``). ``rpc=True`` (EPSG:4326 only)
     writes an RPC model instead of a geotransform, see the module docstring. ``compress`` (GTiff only) is
     a GDAL COMPRESS value such as DEFLATE. Pixels depend only on ``seed``, ``width``, ``height``, ``bands``,
-    ``dtype`` and ``block_size``: the same scene as GeoTIFF and as NITF has the same pixels.
+    ``dtype``, ``block_size`` and the object layout: the same scene as GeoTIFF and as NITF has the same pixels.
+    The layout (``object_sides`` min/max in px, one object per ``object_cell`` px grid cell at least
+    ``object_margin`` px inside it) lets benchmarks make objects larger than a tile overlap, or packed
+    objects that nearly touch; the defaults give the scenes every test and the demo use.
     """
     driver_name, dtype_name = _normalise(driver, dtype)
     if width < 1 or height < 1 or bands < 1:
@@ -502,7 +517,8 @@ def make_scene(
         raise ValueError("compress applies to GTiff scenes only")
     gt = scene_geotransform(epsg, width, height, origin, pixel_size)
     rpc_metadata = linear_rpc(gt, width, height) if rpc else None
-    objects, levels = _layout_objects(width, height, bands, seed, object_count)
+    objects, levels = _layout_objects(width, height, bands, seed, object_count, object_sides, object_cell,
+                                      object_margin)
     deltas = levels - _background_levels(bands)  # object levels above the background base, per band
     target = os.fspath(path)
 

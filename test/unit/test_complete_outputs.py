@@ -12,6 +12,7 @@ import boto3
 import orjson
 import pytest
 
+from modelrunner.failpoints import Failpoints
 from modelrunner.local.job_features import job_feature_texts
 from modelrunner.local.stack import create_resources
 from modelrunner.requests import ImageRequest
@@ -29,7 +30,7 @@ def env(moto_aws: None) -> SimpleNamespace:
     jobs = JobStore(boto3.client("dynamodb"), res.job_table)
     clients = SimpleNamespace(kinesis=kinesis, s3=boto3.client("s3"))
     services = SimpleNamespace(aws=SimpleNamespace(for_role=lambda role: clients), jobs=jobs,
-                               settings=SimpleNamespace(kinesis_shard_limits=True))
+                               settings=SimpleNamespace(kinesis_shard_limits=True), failpoints=Failpoints())
     return SimpleNamespace(res=res, kinesis=kinesis, jobs=jobs, services=services, s3=clients.s3)
 
 

@@ -375,23 +375,33 @@ def test_kinesis_missing_stream_is_a_sink_error_naming_it(aws: None) -> None:
 
 
 class RaisingKinesis(FlakyKinesis):
-    """PutRecords raises (as after botocore's retries) from call ``raise_from`` on."""
+    """PutRecords raises (as after botocore's retries) from call ``raise_from`` on: ``code`` is a permanent
+    error (the write stops and reports) or a transient one (the error goes up: the completion is retried)."""
 
-    def __init__(self, client: Any, raise_from: int) -> None:
+    def __init__(self, client: Any, raise_from: int, code: str = "AccessDeniedException") -> None:
         super().__init__(client, lambda call, data: None)
         self._raise_from = raise_from
+        self._code = code
 
     def put_records(self, StreamName: str, Records: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
         if len(self.calls) + 1 >= self._raise_from:
             self.calls.append(Records)
-            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}
+            error = {"Error": {"Code": self._code, "Message": "refused"}}
             raise ClientError(error, "PutRecords")
         return super().put_records(StreamName, Records)
 
 
 def test_kinesis_call_raising_before_any_delivery_is_a_sink_error(kinesis: Any) -> None:
-    with pytest.raises(SinkError, match="ProvisionedThroughputExceeded"):
+    with pytest.raises(SinkError, match="AccessDeniedException"):
         write_kinesis(RaisingKinesis(kinesis, 1), KinesisOutput(stream=STREAM), JOB, [feature(0)])
+
+
+def test_kinesis_throttled_past_its_retries_raises_for_a_retried_completion(kinesis: Any) -> None:
+    """Throttling after botocore's retries is transient: the error goes up, so the job stays open and its
+    completion is retried (the delivery checkpoint skips what was delivered), never a partial result."""
+    with pytest.raises(ClientError, match="ProvisionedThroughputExceeded"):
+        write_kinesis(RaisingKinesis(kinesis, 2, "ProvisionedThroughputExceededException"),
+                      KinesisOutput(stream=STREAM, batch_size=1), JOB, (feature(i) for i in range(5)))
 
 
 def test_kinesis_call_raising_after_some_delivery_reports_the_rest_failed(kinesis: Any) -> None:

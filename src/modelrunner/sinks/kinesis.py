@@ -48,6 +48,7 @@ from typing import Any
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..aws import is_transient
 from ..errors import SinkError
 from ..requests import KinesisOutput
 from .base import SinkResult, feature_json, feature_label
@@ -339,6 +340,10 @@ def write_kinesis(
         logger.info("Kinesis %s: %d features delivered by an earlier attempt were not sent again", stream, skipped)
     if progress.failure is not None:
         error = progress.failure.error
+        if is_transient(error):
+            # Throttling or a 5xx after botocore's retries: the completion is retried later and the
+            # checkpoint saved above skips what was delivered, so nothing is lost or sent twice.
+            raise error
         if result.features_written == 0:
             raise SinkError(f"writing to Kinesis stream {stream!r} failed: {error}") from error
         for _ in stream_of_features:  # what the write never reached still counts as not delivered

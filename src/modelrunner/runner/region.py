@@ -180,6 +180,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     concurrency = concurrency or settings.workers
     limit = services.limit(region)
     limit.set_ceiling(concurrency)
+    throttles_before = limit.throttles
     result = RegionResult()
     with services.open_image(region.image_url, region.image_read_role) as source:
         georef = Georeference.of(source.dataset)
@@ -246,6 +247,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             raise
         raw_writer.close()
     result.merged = merge_seams(parts, option, relocate, final=False)
+    services.metrics.emit("Scheduling", {"ModelName": region.model_name},
+                          {"Throttles": (limit.throttles - throttles_before, "Count"), "Limit": (limit.limit, "Count")})
     return result
 
 

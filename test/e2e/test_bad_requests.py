@@ -343,7 +343,7 @@ CASES = [
          "must be FEATURE_DISTILLATION, got 'SHARPEN'"),
     case("postProcessing-unknown-algorithm", with_(postProcessing=[{"step": "FEATURE_DISTILLATION",
                                                                     "algorithm": {"algorithmType": "MAGIC"}}]),
-         "postProcessing[0].algorithm.algorithmType", "must be one of NMS, SOFT_NMS, NMM, got 'MAGIC'"),
+         "postProcessing[0].algorithm.algorithmType", "must be one of NMS, SOFT_NMS, NMM, GREEDYNMM, got 'MAGIC'"),
     case("postProcessing-iou-out-of-range", with_(postProcessing=[{"step": "FEATURE_DISTILLATION", "algorithm": {
         "algorithmType": "NMS", "iouThreshold": 2}}]), "postProcessing[0].algorithm.iouThreshold",
          "must be between 0 and 1, got 2.0"),

@@ -4,7 +4,9 @@ depth of a queue, and a worker's resident memory."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections import defaultdict
 from typing import Any
 
@@ -73,3 +75,16 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def control(server: Any, **settings: Any) -> None:
+    """Change a model server's failure injection while it runs (``POST /control``, see model_server.py)."""
+    request = urllib.request.Request(server.url + "/control", data=json.dumps(settings).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+
+def model_stats(server: Any) -> dict[str, int]:
+    """A model server's counts: invocations, failed, requests, throttled, in_flight, max_in_flight."""
+    with urllib.request.urlopen(server.url + "/stats", timeout=5) as answer:
+        return dict(json.load(answer))

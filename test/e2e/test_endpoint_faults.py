@@ -5,9 +5,9 @@ give PARTIAL with the counts and the cause, an endpoint that never answers gives
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import pytest
+from e2e_support import control, model_stats
 
 from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
@@ -30,10 +30,6 @@ def scene(tmp_path_factory):
     return make_scene(str(tmp_path_factory.mktemp("faults") / "scene.tif"), 600, 400, seed=6)
 
 
-def control(server, **settings):
-    request = urllib.request.Request(server.url + "/control", data=json.dumps(settings).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=5) as answer:
-        assert answer.status == 200
 
 
 def job(stack, job_id, scene, model, mode):
@@ -90,11 +86,11 @@ def test_faults(stack, faulty, worker_factory, scene):
 
     # A SageMaker endpoint that does not exist: FAILED at once, the region stops calling it.
     control(faulty, fail_rate=0.0, strict_endpoints=True)
-    before = json.load(urllib.request.urlopen(faulty.url + "/stats"))["invocations"]
+    before = model_stats(faulty)["invocations"]
     submit(stack, job(stack, "missing", scene, "no-such-endpoint", "SM_ENDPOINT"))
     final, _ = wait_final(stack, "missing")
     assert final["attributes"]["status"] == "FAILED" and "not found" in final["message"]
-    calls = json.load(urllib.request.urlopen(faulty.url + "/stats"))["invocations"] - before
+    calls = model_stats(faulty)["invocations"] - before
     assert calls <= 2  # the tiles already in flight when the first answer came back, no retries
     control(faulty, strict_endpoints=False)
     assert worker.poll() is None

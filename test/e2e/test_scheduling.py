@@ -4,11 +4,10 @@ its concurrency when the endpoint throttles anyway."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 
 import pytest
+from e2e_support import control, model_stats
 
 from conftest import submit, wait_final
 from modelrunner.inference.capacity import CONCURRENCY_TAG
@@ -30,14 +29,8 @@ def scene(tmp_path_factory):
     return make_scene(str(tmp_path_factory.mktemp("sched") / "scene.tif"), 1300, 1100, seed=8)
 
 
-def control(server, **settings):
-    request = urllib.request.Request(server.url + "/control", data=json.dumps(settings).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=5).close()
 
 
-def stats(server):
-    with urllib.request.urlopen(server.url + "/stats", timeout=5) as answer:
-        return json.load(answer)
 
 
 def sagemaker_endpoint(stack, name, instances, per_instance):
@@ -74,7 +67,7 @@ def test_two_workers_keep_an_endpoint_within_its_capacity(stack, model, worker_f
     for n in range(3):
         final, _ = wait_final(stack, f"shared-{n}")
         assert final["attributes"]["status"] == "SUCCESS", final["message"]
-    seen = stats(model)
+    seen = model_stats(model)
     print(f"3 jobs, {seen['requests']} tiles, 2 workers x 4 threads, capacity 4: max {seen['max_in_flight']} "
           f"in flight at the model, {time.monotonic() - started:.1f} s")
     assert 2 <= seen["max_in_flight"] <= 4
@@ -123,12 +116,12 @@ def test_a_worker_lowers_its_concurrency_when_the_endpoint_throttles(stack, mode
     submit(stack, job(stack, "warm", scene, url, mode="HTTP_ENDPOINT", tile=128))
     warm, _ = wait_final(stack, "warm")
     assert warm["attributes"]["status"] == "SUCCESS", warm["message"]
-    first = stats(model)
+    first = model_stats(model)
     control(model, delay_ms=30, throttle_above=2)  # counts restart
     submit(stack, job(stack, "steady", scene, url, mode="HTTP_ENDPOINT", tile=128))
     steady, _ = wait_final(stack, "steady")
     assert steady["attributes"]["status"] == "SUCCESS", steady["message"]
-    after = stats(model)
+    after = model_stats(model)
     share = after["throttled"] / after["requests"]
     print(f"throttled share: warm-up {first['throttled']}/{first['requests']}, "
           f"after {after['throttled']}/{after['requests']} = {share:.1%}")

@@ -110,6 +110,8 @@ class Settings:
     feature_ttl_seconds: int = 7200
     max_tile_attempts: int = 4
     """Attempts per tile for errors the endpoint client's own retries do not cover (e.g. HTTP 5xx)."""
+    heartbeat_file: str | None = None
+    """File whose mtime the worker loop sets on every poll (``liveness.py``); the container's HEALTHCHECK."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -146,4 +148,5 @@ class Settings:
             http_timeout=_float(env, "MR_HTTP_TIMEOUT", 60.0),
             ddb_ttl_days=_float(env, "DDB_TTL_IN_DAYS", 1.0),
             max_tile_attempts=_int(env, "MR_MAX_TILE_ATTEMPTS", 4, minimum=1),
+            heartbeat_file=env.get("MR_HEARTBEAT_FILE", "").strip() or None,
         )

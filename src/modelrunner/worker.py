@@ -22,6 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .errors import RequestError
+from .liveness import beat
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete
 from .runner.image import start_image
@@ -118,6 +119,7 @@ class Worker:
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
+                beat(self.settings.heartbeat_file)  # the container's HEALTHCHECK reads it
                 if max_messages is not None and handled >= max_messages:
                     break
                 if self.poll_once():

@@ -58,7 +58,7 @@ def check(path: str | None, max_age: float, now: float | None = None) -> tuple[b
         return False, f"no heartbeat file {path}: {err.strerror or err}"
     age = (time.time() if now is None else now) - mtime
     if age > max_age:
-        return False, f"stale: the worker loop last went round {age:.0f} s ago (limit {max_age:.0f} s)"
+        return False, f"stale: the worker loop last went round {age:.1f} s ago (limit {max_age:g} s)"
     return True, f"fresh: the worker loop went round {max(age, 0.0):.1f} s ago"
 
 

@@ -47,7 +47,7 @@ def test_check_fresh_stale_missing_and_unset(tmp_path):
     os.utime(path, (5000.0, 5000.0))
     assert liveness.check(str(path), max_age=60, now=5030.0) == (True, "fresh: the worker loop went round 30.0 s ago")
     healthy, reason = liveness.check(str(path), max_age=60, now=5061.0)
-    assert not healthy and reason == "stale: the worker loop last went round 61 s ago (limit 60 s)"
+    assert not healthy and reason == "stale: the worker loop last went round 61.0 s ago (limit 60 s)"
     healthy, reason = liveness.check(str(tmp_path / "none"), max_age=60)
     assert not healthy and reason.startswith("no heartbeat file")
     assert liveness.check(None, max_age=60)[0] is False

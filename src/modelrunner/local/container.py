@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..state.jobs import JobStore
 from .scene import make_scene
 from .stack import (
     Process,
@@ -43,7 +44,7 @@ from .stack import (
 FINAL = ("SUCCESS", "PARTIAL", "FAILED")
 #: The scene and tiling: 1300 x 1100 px in 256 px tiles overlapping by 64: 7 x 6 = 42 tiles, in regions of
 #: 1024 px: 4 regions. The flood model (seeded by tile bytes) answers 6 boxes a tile, overlapping across tiles.
-WIDTH, HEIGHT, TILE, OVERLAP, REGION = 1300, 1100, 256, 64, 1024
+WIDTH, HEIGHT, TILE, OVERLAP, REGION, TILES, REGIONS = 1300, 1100, 256, 64, 1024, 42, 4
 MODEL_OPTIONS = {"flood_count": 6, "seed": 5, "delay_ms": 100}
 #: Seconds from SIGTERM to exit that container B is given (MR_STOP_TIMEOUT and podman's stop timeout).
 STOP_TIMEOUT = 6
@@ -210,6 +211,10 @@ def run_checks(image: str, podman: Podman, workdir: str, say: Report) -> None:
         names = statuses.names("in-container")
         expect(final["attributes"]["status"] == "SUCCESS", f"job in container A: {names}: {final['message']}")
         expect(names[0] == "STARTED" and names.count("SUCCESS") == 1, f"statuses of the job: {names}")
+        job = JobStore(res.client("dynamodb"), res.job_table).get(f"in-container:{url}")
+        expect((job.get("tile_count"), job.get("region_count")) == (TILES, REGIONS),
+               f"the job row counts {job.get('tile_count')} tiles in {job.get('region_count')} regions, "
+               f"not {TILES} in {REGIONS}")
         got = features(res, "in-container")
         records = [r for r in kinesis_records(res) if r["partition_key"] == "in-container"]
         expect(len(got) > 0, "container A's job has no features")
@@ -219,8 +224,8 @@ def run_checks(image: str, podman: Podman, workdir: str, say: Report) -> None:
                 feature["properties"].pop("inferenceMetadata", None)
                 streamed.append(json.dumps(feature, sort_keys=True))
         expect(sorted(streamed) == got, f"{len(streamed)} Kinesis features differ from the {len(got)} in S3")
-        say(f"container A {a[:12]}: job SUCCESS ({' -> '.join(names)}), {len(got)} features in the S3 GeoJSON, "
-            f"{len(records)} Kinesis records")
+        say(f"container A {a[:12]}: job SUCCESS ({' -> '.join(names)}), {TILES} tiles in {REGIONS} regions, "
+            f"{len(got)} features in the S3 GeoJSON, the same in {len(records)} Kinesis records")
         health = podman("healthcheck", "run", a, check=False)
         expect(health.returncode == 0, f"HEALTHCHECK failed on a serving worker: {health.stdout}{health.stderr}")
         stale = podman("exec", a, "python3", "-m", "modelrunner.liveness", "--max-age", "0", check=False)

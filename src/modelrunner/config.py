@@ -163,6 +163,8 @@ class Settings:
     """A capacity lease not renewed for this long (its worker died) is free again."""
     failpoints: tuple[str, ...] = ()
     """Crash tests only: points where the worker kills itself (``modelrunner.failpoints``); empty in service."""
+    heartbeat_file: str | None = None
+    """File whose mtime the worker loop sets on every poll (``liveness.py``); the container's HEALTHCHECK."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -215,4 +217,5 @@ class Settings:
             capacity_target_percentage=_float(env, "CAPACITY_TARGET_PERCENTAGE", 1.0),
             capacity_lease_seconds=_float(env, "MR_CAPACITY_LEASE_SECONDS", 30.0),
             failpoints=_names(env, "MR_FAILPOINTS", ()),
+            heartbeat_file=env.get("MR_HEARTBEAT_FILE", "").strip() or None,
         )

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .aws import is_transient
 from .errors import EndpointBusy, RequestError
+from .liveness import beat
 from .redact import redact
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete, publish_final
@@ -165,6 +166,7 @@ class Worker:
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
+                beat(self.settings.heartbeat_file)  # the container's HEALTHCHECK reads it
                 if max_messages is not None and handled >= max_messages:
                     break
                 if self.poll_once():

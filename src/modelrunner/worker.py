@@ -243,7 +243,7 @@ class Worker:
                 stuck = self._stuck_image(request, receive_count(message))
                 if stuck is not None:
                     return Outcome.DONE if fail_job(self.services, request.image_id, stuck) else Outcome.RETRY_LATER
-            first, job = start_image(self.services, request)
+            first, job = start_image(self.services, request, message.get("MessageId", ""))
             if first is None:  # finished by an earlier delivery: its final status may still be pending
                 return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
             return self._run_region(first, job)

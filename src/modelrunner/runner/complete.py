@@ -26,6 +26,7 @@ from ..sinks import SinkResult, write_kinesis, write_s3
 from ..sinks.checkpoint import DeliveryCheckpoint, decode_chunks
 from ..sinks.stac import JobDescription
 from ..state.jobs import JobStore
+from . import rerun
 from .region import Relocate, relocator
 from .services import Services
 
@@ -122,9 +123,12 @@ def complete(services: Services, image_id: str) -> str | None:
 
     # Outputs are written side by side (each waits mostly on its service); all are done before the final
     # status is published, so the S3 object exists when SUCCESS is read.
+    published = rerun.published_before(services, image_id, job)  # a re-run sends Kinesis only what is new
     with ThreadPoolExecutor(max_workers=max(1, len(request.outputs)), thread_name_prefix="sink") as pool:
-        written_by = list(pool.map(lambda output: _write_output(services, request.job_id, output, merged,
-                                                                request=request, job=job), request.outputs))
+        written_by = list(pool.map(lambda output: _write_output(
+            services, request.job_id, output,
+            rerun.only_new(merged, published) if published is not None and not isinstance(output, S3Output)
+            else merged, request=request, job=job), request.outputs))
     sink_results = [r for r, _ in written_by if r is not None]
     reasons = [reason for _, reason in written_by if reason]
     for result in sink_results:

@@ -17,6 +17,7 @@ from ..errors import ImageError, RequestError
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, split_s3_url
 from ..requests import ImageRequest, RegionRequest, S3Output
+from . import rerun
 from .plan import plan_image
 from .services import Services
 
@@ -79,15 +80,30 @@ def _extents(geolocator: Geolocator | None, width: int, height: int) -> str | No
                        "east": float(corners[:, 0].max()), "west": float(corners[:, 0].min())})
 
 
-def start_image(services: Services, request: ImageRequest) -> tuple[RegionRequest | None, dict[str, Any]]:
+def start_image(services: Services, request: ImageRequest,
+                message_id: str = "") -> tuple[RegionRequest | None, dict[str, Any]]:
     """Plan and queue the image; returns (first region to process here, job row), or (None, row) when
-    this job was already finished by an earlier delivery of the same message."""
-    created = services.jobs.create(request)
+    this job was already finished by an earlier delivery of the same message. A new message for a PARTIAL
+    job re-runs its failed tiles (``runner/rerun.py``)."""
+    created = services.jobs.create(request, message_id=message_id)
     if not created:
         job = services.jobs.get(request.image_id)
         if "end_time" in job:
+            if rerun.wants_rerun(job, message_id):
+                regions = rerun.reopen(services, request, job, message_id)
+                if regions:
+                    return _queue_rerun(services, request, regions)
             log.info("job %s already ended (%s): duplicate image message", request.job_id, job.get("job_status"))
             return None, job
+        if len(job.get("runs") or []) > 1:  # a re-run whose first delivery died before it queued its regions
+            pending = [r for r in services.regions.all(request.image_id)
+                       if r.get("region_status") == "QUEUED" and "rerun_tiles" in r]
+            extension = str(job.get("image_extension", ""))
+            regions = [RegionRequest.for_image(request, rerun._bounds(r["region_bounds"]), extension)
+                       for r in sorted(pending, key=lambda r: int(r.get("region_index", 0)))]
+            if regions and not job.get("regions_queued"):
+                return _queue_rerun(services, request, regions)
+            return (regions[0] if regions else None), job
         log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
     else:
         services.status.image("STARTED", request.job_id, request.image_id, "Started image request")
@@ -129,6 +145,14 @@ def start_image(services: Services, request: ImageRequest) -> tuple[RegionReques
         _queue_regions(services, regions[1:])
         services.jobs.update_unfinished(request.image_id, {"regions_queued": True})
     return regions[0], job
+
+
+def _queue_rerun(services: Services, request: ImageRequest,
+                 regions: list[RegionRequest]) -> tuple[RegionRequest, dict[str, Any]]:
+    """Queue a re-run's regions but the first, which the caller processes."""
+    _queue_regions(services, regions[1:])
+    services.jobs.update_unfinished(request.image_id, {"regions_queued": True})
+    return regions[0], services.jobs.get(request.image_id)
 
 
 def _queue_regions(services: Services, regions: list[RegionRequest]) -> None:

@@ -97,7 +97,8 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     result = RegionResult()
     try:
         option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        result = _run_tiles(services, region, job, option, abort, concurrency)
+        rerun = _Rerun.of(services, region, before)
+        result = _run_tiles(services, region, job, option, abort, concurrency, rerun)
         chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, result.merged)
         status = result.status
         message = result.message
@@ -168,8 +169,38 @@ class RegionResult:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
+@dataclass
+class _Rerun:
+    """A region run again for its failed tiles only (``runner/rerun.py``): which tiles, and what the earlier
+    run left (its merged result, the tiles that succeeded, its raw feature count)."""
+
+    tiles: set[str]
+    prior: FeatureSet
+    succeeded: list[Any]
+    raw_count: int
+
+    @classmethod
+    def of(cls, services: Services, region: RegionRequest, row: dict[str, Any]) -> _Rerun | None:
+        if "rerun_tiles" not in row:
+            return None
+        chunks = int(row.get("prior_chunks", 0))
+        prior = FeatureSet.concat([])
+        if chunks:
+            packed = services.features.region_results(
+                region.image_id, {region.region_id: (str(row.get("prior_attempt", "")), chunks)})[region.region_id]
+            prior = packed.take(np.arange(len(packed)))
+        return cls({_tile_key(t) for t in row["rerun_tiles"]}, prior, list(row.get("prior_succeeded") or []),
+                   int(row.get("raw_feature_count", 0)))
+
+
+def _tile_key(key: Any) -> str:
+    """A tile key (``[[row, col], [w, h]]``, as stored) in one comparable form."""
+    return json.dumps([[int(v) for v in pair] for pair in key])
+
+
 def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], option: DistillationOption,
-               abort: threading.Event | None, concurrency: int | None = None) -> RegionResult:
+               abort: threading.Event | None, concurrency: int | None = None,
+               rerun: _Rerun | None = None) -> RegionResult:
     """Run the region's tiles through a :class:`~modelrunner.runner.tiles.TileStep` on the thread pool.
 
     Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
@@ -190,6 +221,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                           settings.region_size, job.get("roi_wkt"), geolocator)
         cols, rows = plan.grid.index_ranges(region.region_bounds)
         tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
+        if rerun is not None:  # only the tiles that failed; the others' features are in the earlier result
+            tiles_by_row = [[t for t in row if _tile_key(t.key) in rerun.tiles] for row in tiles_by_row]
         tiles_by_row = [row for row in tiles_by_row if row]
         result.total = sum(len(row) for row in tiles_by_row)
         georegister = geolocator is not None and _georegistration(job) != "NONE"
@@ -246,6 +279,12 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                 raw_writer.close()
             raise
         raw_writer.close()
+    if rerun is not None:  # the earlier result is one more part of the region's seam merge
+        (top, left), (width, height) = region.region_bounds
+        parts.append(((left, top, left + width, top + height), rerun.prior))
+        result.succeeded = rerun.succeeded + result.succeeded
+        result.total += len(rerun.succeeded)
+        result.raw_count += rerun.raw_count
     result.merged = merge_seams(parts, option, relocate, final=False)
     services.metrics.emit("Scheduling", {"ModelName": region.model_name},
                           {"Throttles": (limit.throttles - throttles_before, "Count"), "Limit": (limit.limit, "Count")})

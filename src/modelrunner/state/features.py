@@ -20,6 +20,7 @@ import hashlib
 import json
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,22 @@ class FeatureStore:
             for i, part in enumerate(chunks)])
         self.own.put(image_id, region_id, attempt, packed)
         return len(chunks)
+
+    def put_blob(self, image_id: str, name: str, data: bytes) -> None:
+        """Keep ``data`` for the job under ``name`` (compressed, in chunks under the item limit)."""
+        packed = zlib.compress(data, 6)
+        chunks = [packed[i:i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)] or [b""]
+        expire = int(time.time()) + self.result_ttl_seconds
+        ddb.batch_put(self.client, self.table, [
+            {"hash_key": f"{image_id}-blobs", "range_key": f"{name}#{i:05d}", "chunks": len(chunks), "blob": part,
+             "expire_time": expire} for i, part in enumerate(chunks)])
+
+    def get_blob(self, image_id: str, name: str) -> bytes | None:
+        """What :meth:`put_blob` kept under ``name`` (None when nothing, or not all of it, is there)."""
+        items = sorted(self._query(f"{image_id}-blobs", prefix=f"{name}#"), key=lambda item: item["range_key"])
+        if not items or len(items) != int(items[0]["chunks"]):
+            return None
+        return zlib.decompress(b"".join(bytes(item["blob"]) for item in items))
 
     def region_results(self, image_id: str, finished: dict[str, tuple[str, int]]) -> dict[str, PackedFeatureSet]:
         """Every region's stored result, keyed by region id: the (attempt, chunk count) each row recorded.

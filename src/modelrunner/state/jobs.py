@@ -53,10 +53,12 @@ class JobStore:
                                       ConsistentRead=True)
         return ddb.unmarshal(answer.get("Item"))
 
-    def create(self, request: ImageRequest, start_ms: int | None = None) -> bool:
-        """Write the job row; False if this job already exists (a redelivered image message)."""
+    def create(self, request: ImageRequest, start_ms: int | None = None, message_id: str = "") -> bool:
+        """Write the job row; False if this job already exists (a redelivered image message). ``message_id``
+        (the SQS message) starts the row's ``runs``: a redelivery of it never re-runs the job."""
         start = start_ms or ddb.now_ms()
         item = {
+            "runs": [message_id] if message_id else None,
             "image_id": request.image_id, "job_id": request.job_id, "image_url": request.image_url,
             "image_read_role": request.image_read_role, "model_invoke_mode": request.model_invoke_mode,
             "model_name": request.model_name, "start_time": start, "expire_time": start // 1000 + self.ttl_seconds,
@@ -214,3 +216,21 @@ class JobStore:
             UpdateExpression="SET timeline = list_append(if_not_exists(timeline, :empty), :e)",
             ConditionExpression="attribute_exists(image_id)",
             ExpressionAttributeValues=ddb.values({":e": [entry], ":empty": []}))
+
+    def reopen(self, image_id: str, message_id: str, regions: int, checkpoints: list[str]) -> bool:
+        """Reopen an ended PARTIAL job to re-run the failed tiles of ``regions`` regions (see
+        ``runner/rerun.py``): not ended, not claimed, those regions not counted, output checkpoints cleared.
+        Once per message id; False when another delivery reopened it first."""
+        names = {f"#c{i}": name for i, name in enumerate(checkpoints)}
+        remove = ", ".join(["end_time", "completion_worker", "completion_claimed", "status_published",
+                            "status_publishing", *names])
+        return ddb.conditional(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+            UpdateExpression=(f"SET job_status = :running, runs = list_append(if_not_exists(runs, :none), :run), "
+                              f"regions_done = regions_done - :k, region_error = region_error - :k, "
+                              f"regions_queued = :no REMOVE {remove}"),
+            ConditionExpression="job_status = :partial AND attribute_exists(end_time) AND NOT contains(runs, :m)",
+            **({"ExpressionAttributeNames": names} if names else {}),
+            ExpressionAttributeValues=ddb.values({":running": "IN_PROGRESS", ":none": [], ":run": [message_id],
+                                                  ":k": regions, ":no": False, ":partial": "PARTIAL",
+                                                  ":m": message_id}))

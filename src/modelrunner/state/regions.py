@@ -85,6 +85,17 @@ class RegionStore:
         # A row another worker finished meanwhile stays finished, and is what the caller sees.
         return before if started else self.get(region.image_id, region.region_id)
 
+    def reopen(self, image_id: str, row: dict[str, Any]) -> None:
+        """Queue a finished region again for its failed tiles only (a job re-run): the tiles to run, and the
+        earlier result their features are merged into."""
+        self.client.update_item(
+            TableName=self.table, Key=self.key(image_id, row["region_id"]),
+            UpdateExpression=("SET region_status = :queued, rerun_tiles = :tiles, prior_attempt = :attempt, "
+                              "prior_chunks = :chunks, prior_succeeded = :ok REMOVE end_time"),
+            ExpressionAttributeValues=ddb.values({
+                ":queued": "QUEUED", ":tiles": row.get("failed_tiles") or [], ":ok": row.get("succeeded_tiles") or [],
+                ":attempt": str(row.get("result_attempt", "")), ":chunks": int(row.get("result_chunks", 0))}))
+
     def progress(self, image_id: str, region_id: str, total: int, succeeded: int, failed: int) -> None:
         expr, names, vals = ddb.update_expression({
             "total_tiles": total, "succeeded_tile_count": succeeded, "failed_tile_count": failed,

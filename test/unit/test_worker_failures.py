@@ -39,7 +39,7 @@ def test_a_job_whose_row_is_refused_fails_under_its_own_job_id(worker: Any) -> N
                                      "Message": "Item size has exceeded the maximum allowed size"},
                            "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutItem")
 
-    def create(_request: Any, _start_ms: Any = None) -> bool:
+    def create(_request: Any, _start_ms: Any = None, message_id: str = "") -> bool:
         raise refused
 
     services.jobs.create = create  # type: ignore[method-assign]

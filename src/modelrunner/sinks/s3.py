@@ -29,6 +29,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .. import limits
 from ..errors import SinkError
 from ..requests import S3Output
 from .base import SinkResult, feature_json, feature_label
@@ -86,12 +87,16 @@ def write_s3(
     ``s3_client`` is a boto3 S3 client built by the caller (with the output's role assumed if it has one,
     ideally with :data:`~modelrunner.sinks.base.SINK_CLIENT_CONFIG`). S3 writes are all or nothing, so
     every failure is a :class:`SinkError`: the bucket missing or unreadable (checked with HeadBucket first,
-    before any work), a feature that is not JSON-serialisable, or the upload failing after retries.
+    before any work), a feature that is not JSON-serialisable, or the upload failing after retries; except
+    a request S3 refuses as it is (a key over 1,024 bytes, checked before anything else, or an argument S3
+    calls invalid): :class:`~modelrunner.errors.AwsLimitError`, permanent.
     """
     bucket = output.bucket
-    _check_bucket(s3_client, bucket)
     key = result_key(output.prefix, job_id)
     uri = f"s3://{bucket}/{key}"
+    limits.check_size("S3 object key (the output prefix and job id)", limits.utf8_bytes(key), limits.S3_KEY_BYTES,
+                      f"bucket {bucket}")
+    _check_bucket(s3_client, bucket)
     config = transfer_config if transfer_config is not None else default_transfer_config()
     with SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as spool:
         count = _spool_collection(features, spool)
@@ -101,6 +106,10 @@ def write_s3(
                 spool, bucket, key, ExtraArgs={"ContentType": CONTENT_TYPE, "ACL": ACL}, Config=config
             )
         except (S3UploadFailedError, ClientError, BotoCoreError) as err:
+            cause = err if isinstance(err, ClientError) else err.__cause__ or err.__context__
+            refusal = limits.refused(cause, "s3", uri) if isinstance(cause, ClientError) else None
+            if refusal is not None:
+                raise refusal from err
             raise SinkError(f"writing {count} features to {uri} failed: {err}") from err
     return SinkResult(sink=uri, features_written=count)
 

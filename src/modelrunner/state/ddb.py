@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from .. import limits
@@ -112,30 +112,33 @@ def checked(call: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 def item_bytes(item: Mapping[str, Any]) -> int:
-    """An item's size (DynamoDB JSON, as :func:`marshal` makes it) as DynamoDB counts it against its 400 KB:
-    attribute names and values in UTF-8, numbers by significant digits, 3 bytes per list or map and 1 per
-    element."""
-    return sum(limits.utf8_bytes(name) + _value_bytes(value) for name, value in item.items())
+    """An item's size (Python values, as :func:`marshal` takes them) as DynamoDB counts it against its
+    400 KB: attribute names and values in UTF-8, numbers by significant digits, 3 bytes per list or map and
+    1 per element. Computed on the values, without marshalling them (a region lists thousands of tiles)."""
+    return sum(limits.utf8_bytes(name) + _value_bytes(value) for name, value in item.items() if value is not None)
 
 
-def _value_bytes(value: Mapping[str, Any]) -> int:
-    ((kind, v),) = value.items()
-    if kind == "S":
-        return limits.utf8_bytes(v)
-    if kind == "N":
-        return -(-len(Decimal(v).normalize().as_tuple().digits) // 2) + 1  # a byte per two digits, plus one
-    if kind == "B":
-        return len(v)
-    if kind in ("L", "M"):
-        entries = v.items() if kind == "M" else (("", e) for e in v)
-        return 3 + sum(1 + limits.utf8_bytes(k) + _value_bytes(e) for k, e in entries)
-    if kind in ("SS", "NS", "BS"):
-        return sum(_value_bytes({kind[0]: e}) for e in v)
-    return 1  # BOOL, NULL
+def _value_bytes(value: Any) -> int:
+    if value is None or isinstance(value, bool):
+        return 1
+    if isinstance(value, str):
+        return limits.utf8_bytes(value)
+    if isinstance(value, int):  # a byte per two significant digits, plus one
+        return -(-(len(str(abs(value)).strip("0")) or 1) // 2) + 1
+    if isinstance(value, float | Decimal):
+        return -(-len(Decimal(repr(value) if isinstance(value, float) else value).normalize().as_tuple().digits)
+                 // 2) + 1
+    if isinstance(value, bytes | bytearray | Binary):
+        return len(bytes(value))
+    if isinstance(value, Mapping):
+        return 3 + sum(1 + limits.utf8_bytes(k) + _value_bytes(v) for k, v in value.items())
+    if isinstance(value, set | frozenset):
+        return sum(map(_value_bytes, value))
+    return 3 + sum(1 + _value_bytes(v) for v in value)  # a list or tuple
 
 
 def check_item(table: str, item: Mapping[str, Any], what: str) -> None:
-    """AwsLimitError, before the call, for an item (DynamoDB JSON) over DynamoDB's 400 KB."""
+    """AwsLimitError, before the call, for an item (Python values) over DynamoDB's 400 KB."""
     limits.check_size(f"DynamoDB item ({what})", item_bytes(item), limits.DYNAMODB_ITEM_BYTES, f"table {table}")
 
 

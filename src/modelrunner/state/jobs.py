@@ -67,9 +67,8 @@ class JobStore:
         first, AwsLimitError: a key over 2,048 bytes (the job id and image URL), a row over 400 KB (the
         request's parameters: a large regionOfInterest or featureProperties)."""
         ddb.check_key(self.table, "image_id", item["image_id"])
-        marshalled = ddb.marshal(item)
-        ddb.check_item(self.table, marshalled, "the job row, holding the request's parameters")
-        return ddb.conditional(self.client.put_item, TableName=self.table, Item=marshalled,
+        ddb.check_item(self.table, item, "the job row, holding the request's parameters")
+        return ddb.conditional(self.client.put_item, TableName=self.table, Item=ddb.marshal(item),
                                ConditionExpression="attribute_not_exists(image_id)")
 
     def update_unfinished(self, image_id: str, fields: Mapping[str, Any]) -> bool:

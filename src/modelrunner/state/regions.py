@@ -125,24 +125,29 @@ class RegionStore:
             region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])
 
 
-def fit_final_fields(fields: dict[str, Any], budget: int = FINAL_FIELDS_BYTES) -> dict[str, Any]:
+def fit_final_fields(fields: dict[str, Any], budget: int | None = None) -> dict[str, Any]:
     """A region's final fields within ``budget`` bytes of DynamoDB item, so that its row never outgrows
-    400 KB: a region of tens of thousands of small tiles lists more tiles than fit (about 30 bytes each).
+    400 KB: a region of tens of thousands of small tiles lists more tiles than fit (about 27 bytes each).
     ``succeeded_tiles`` is cut first, then ``failed_tiles`` (``<name>_omitted`` counts the tiles left
-    out; the tile counts stay exact), then the message (a note says how much was cut)."""
-    size = ddb.item_bytes(ddb.marshal(fields))
+    out; the tile counts stay exact), then the message (a note says how much was cut). ``budget``:
+    :data:`FINAL_FIELDS_BYTES` unless given."""
+    budget = FINAL_FIELDS_BYTES if budget is None else budget
+    size = ddb.item_bytes(fields)
     if size <= budget:
         return fields
     fields = dict(fields)
     for name in ("succeeded_tiles", "failed_tiles"):
-        tiles = list(fields[name])
-        total = len(tiles)
-        while size > budget and tiles:
-            listed = ddb.item_bytes(ddb.marshal({name: tiles}))
-            tiles = tiles[:max(0, int(len(tiles) * (listed - (size - budget)) / listed) - 1)]
-            fields[name] = tiles
-            fields[f"{name}_omitted"] = total - len(tiles)
-            size = ddb.item_bytes(ddb.marshal(fields))
+        if size <= budget or not fields[name]:
+            continue
+        element_bytes = [1 + ddb.item_bytes({"": tile}) for tile in fields[name]]  # 1: per list element
+        keep, removed = len(element_bytes), 0
+        omitted_bytes = len(f"{name}_omitted") + 4  # the count attribute added (a number of up to 6 digits)
+        while keep and size - removed + omitted_bytes > budget:
+            keep -= 1
+            removed += element_bytes[keep]
+        fields[name] = list(fields[name][:keep])
+        fields[f"{name}_omitted"] = len(element_bytes) - keep
+        size += omitted_bytes - removed
     message = fields.get("message")
     if size > budget and message:
         data = message.encode("utf-8")

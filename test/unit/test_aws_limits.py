@@ -288,6 +288,13 @@ def test_region_messages_keep_to_sqs_limits(aws, res):
                                             rf"262,144 bytes \(queue {res.region_queue}\)"):
         _queue_regions(services, [RegionRequest.for_image(too_big, BOUNDS[0])] * 2)
     assert aws.calls["SendMessageBatch"] == 3, "nothing sent"
+    aws.inject("SendMessageBatch", "InvalidParameterValue")  # what SQS refuses as it is: permanent
+    with pytest.raises(AwsLimitError, match=f"sqs refused SendMessageBatch on queue {res.region_queue}"):
+        _queue_regions(services, regions[:1])
+    aws.inject("SendMessageBatch", "ServiceUnavailable")  # after boto3's retries: transient, raised as it is
+    with pytest.raises(ClientError) as err:
+        _queue_regions(services, regions[:1])
+    assert not isinstance(err.value, AwsLimitError)
 
 
 def test_an_s3_key_too_long_is_refused_before_the_upload(aws, res):

@@ -123,16 +123,21 @@ def _send_batch(sqs: Any, queue: str, bodies: list[str]) -> None:
     """One SendMessageBatch; an entry that failed by the sender's fault is refused for good (AwsLimitError),
     the others are sent again once each, alone, loudly."""
     entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
-    try:
-        answer = sqs.send_message_batch(QueueUrl=queue, Entries=entries)
-    except ClientError as err:
-        refusal = limits.refused(err, "sqs", f"queue {queue}")
-        if refusal is not None:
-            raise refusal from err
-        raise
+    answer = _sqs_call(sqs.send_message_batch, queue, Entries=entries)
     for failure in sorted(answer.get("Failed", []), key=lambda f: int(f["Id"])):
         if failure.get("SenderFault") and limits.is_permanent("sqs", str(failure.get("Code", ""))):
             raise AwsLimitError(f"sqs refused a region message on queue {queue}: {failure.get('Code')}: "
                                 f"{failure.get('Message', '')}")
         log.warning("region message %s not sent (%s): sending it again", failure["Id"], failure.get("Code"))
-        sqs.send_message(QueueUrl=queue, MessageBody=bodies[int(failure["Id"])])
+        _sqs_call(sqs.send_message, queue, MessageBody=bodies[int(failure["Id"])])
+
+
+def _sqs_call(call: Any, queue: str, **kwargs: Any) -> Any:
+    """An SQS call on ``queue`` whose refusal is permanent (AwsLimitError); other errors as they are."""
+    try:
+        return call(QueueUrl=queue, **kwargs)
+    except ClientError as err:
+        refusal = limits.refused(err, "sqs", f"queue {queue}")
+        if refusal is not None:
+            raise refusal from err
+        raise

@@ -127,7 +127,7 @@ class StatusPublisher:
                 raise refusal from err
             log.exception("could not publish status to %s", topic)
             return False
-        except Exception:  # throttled after retries, no connection...: must not fail the job; the caller decides
+        except Exception:  # never fatal here: the caller keeps a final status pending and tries again
             log.exception("could not publish status to %s", topic)
             return False
         return True

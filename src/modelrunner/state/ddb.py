@@ -66,7 +66,7 @@ _TRANSIENT_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "Provi
 # Single-item writes that met an ongoing transaction on their item.
 _TRANSIENT_CODES = frozenset({"TransactionConflictException", "TransactionInProgressException"})
 CONFLICT_ATTEMPTS = 8
-"""Attempts of a write that keeps meeting conflicts or throttling: about 6 s of back-off in all."""
+"""Attempts of a write that keeps meeting conflicts or throttling: at most about 5 s of back-off in all."""
 CONFLICT_BACKOFF_S = 0.05
 CONFLICT_BACKOFF_MAX_S = 2.0
 

@@ -58,3 +58,8 @@ class FeatureError(ModelRunnerError):
 
 class SinkError(ModelRunnerError):
     """An output (S3, Kinesis) could not be written completely."""
+
+
+class AwsLimitError(ModelRunnerError):
+    """A request would break a hard AWS limit or AWS refused it as invalid: permanent, retrying cannot help;
+    the job fails with this reason."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_support import control, model_stats
+from e2e_support import Statuses, control, model_stats
 
 from conftest import submit, wait_final
 from modelrunner.inference.capacity import CONCURRENCY_TAG
@@ -64,8 +64,9 @@ def test_two_workers_keep_an_endpoint_within_its_capacity(stack, model, worker_f
     started = time.monotonic()
     for n in range(3):
         submit(stack, job(stack, f"shared-{n}", scene, "shared"))
+    statuses = Statuses(stack)  # keeps every job's statuses: the jobs may end in any order
     for n in range(3):
-        final, _ = wait_final(stack, f"shared-{n}")
+        final = statuses.final(f"shared-{n}", timeout=120)
         assert final["attributes"]["status"] == "SUCCESS", final["message"]
     seen = model_stats(model)
     print(f"3 jobs, {seen['requests']} tiles, 2 workers x 4 threads, capacity 4: max {seen['max_in_flight']} "

@@ -82,18 +82,23 @@ def test_a_dead_holders_lease_expires_and_renewal_keeps_a_live_one(leases):
     assert not leases.renew("ep", "dead")  # dropped by the grant that replaced it
 
 
-def test_concurrent_acquires_stay_within_the_capacity(leases):
-    grants: list[int] = []
+def test_a_grant_racing_another_reads_again_and_stays_within_the_capacity(leases):
+    """Worker a reads the item, worker b grants itself capacity meanwhile, then a writes: its compare-and-set
+    fails and it reads again, so together they never exceed the capacity. (Played in order rather than with
+    threads: moto's conditional writes are not atomic across threads, DynamoDB's are.)"""
+    real_get = leases._get
+    raced = []
 
-    def take(n: int) -> None:
-        grants.append(leases.acquire("ep", f"w{n}", want=3, capacity=8))
+    def get_then_race(endpoint):
+        item = real_get(endpoint)
+        if not raced:
+            raced.append(None)
+            raced[0] = leases.acquire(endpoint, "b", want=6, capacity=8)  # lands between a's read and write
+        return item
 
-    threads = [threading.Thread(target=take, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sum(grants) <= 8 and leases.in_flight("ep") == sum(grants)
+    leases._get = get_then_race
+    granted = leases.acquire("ep", "a", want=6, capacity=8)
+    assert raced == [6] and granted == 2 and leases.in_flight("ep") == 8
 
 
 def test_adaptive_limit_halves_on_throttling_and_recovers():

@@ -13,7 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ..errors import ImageError, RequestError
+from .. import limits
+from ..errors import AwsLimitError, ImageError, RequestError
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, split_s3_url
 from ..requests import ImageRequest, RegionRequest, S3Output
@@ -156,12 +157,48 @@ def _queue_rerun(services: Services, request: ImageRequest,
 
 
 def _queue_regions(services: Services, regions: list[RegionRequest]) -> None:
-    sqs = services.aws.sqs
-    for start in range(0, len(regions), 10):
-        batch = regions[start:start + 10]
-        entries = [{"Id": str(i), "MessageBody": r.to_json()} for i, r in enumerate(batch)]
-        answer = sqs.send_message_batch(QueueUrl=services.settings.region_queue, Entries=entries)
-        if answer.get("Failed"):
-            failed = {int(f["Id"]) for f in answer["Failed"]}
-            for i in sorted(failed):  # SendMessageBatch can fail per entry: retry each once, loudly
-                sqs.send_message(QueueUrl=services.settings.region_queue, MessageBody=batch[i].to_json())
+    """Send the region messages, up to 10 a call and 256 KiB a call (SendMessageBatch's limits).
+
+    Every body is checked against SQS's size limit before the first is sent (a region message carries the
+    request's parameters: a request near the limit makes region messages over it), so a job either queues
+    all its regions or fails with the reason, AwsLimitError; so does a message SQS refuses as it is.
+    """
+    queue = services.settings.region_queue
+    bodies = [r.to_json() for r in regions]
+    sizes = [limits.utf8_bytes(body) for body in bodies]
+    for region, size in zip(regions, sizes, strict=True):
+        limits.check_size(f"region message for {region.region_id}", size, limits.SQS_MESSAGE_BYTES, f"queue {queue}")
+    batch: list[str] = []
+    batch_bytes = 0
+    for body, size in zip(bodies, sizes, strict=True):
+        if batch and (len(batch) == limits.SQS_BATCH_ENTRIES or batch_bytes + size > limits.SQS_MESSAGE_BYTES):
+            _send_batch(services.aws.sqs, queue, batch)
+            batch, batch_bytes = [], 0
+        batch.append(body)
+        batch_bytes += size
+    if batch:
+        _send_batch(services.aws.sqs, queue, batch)
+
+
+def _send_batch(sqs: Any, queue: str, bodies: list[str]) -> None:
+    """One SendMessageBatch; an entry that failed by the sender's fault is refused for good (AwsLimitError),
+    the others are sent again once each, alone, loudly."""
+    entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
+    answer = _sqs_call(sqs.send_message_batch, queue, Entries=entries)
+    for failure in sorted(answer.get("Failed", []), key=lambda f: int(f["Id"])):
+        if failure.get("SenderFault") and limits.is_permanent("sqs", str(failure.get("Code", ""))):
+            raise AwsLimitError(f"sqs refused a region message on queue {queue}: {failure.get('Code')}: "
+                                f"{failure.get('Message', '')}")
+        log.warning("region message %s not sent (%s): sending it again", failure["Id"], failure.get("Code"))
+        _sqs_call(sqs.send_message, queue, MessageBody=bodies[int(failure["Id"])])
+
+
+def _sqs_call(call: Any, queue: str, **kwargs: Any) -> Any:
+    """An SQS call on ``queue`` whose refusal is permanent (AwsLimitError); other errors as they are."""
+    try:
+        return call(QueueUrl=queue, **kwargs)
+    except ClientError as err:
+        refusal = limits.refused(err, "sqs", f"queue {queue}")
+        if refusal is not None:
+            raise refusal from err
+        raise

@@ -37,6 +37,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .. import limits
 from ..errors import SinkError
 from ..requests import S3Output, result_key
 from .base import SinkResult, feature_json, feature_label
@@ -105,6 +106,10 @@ def write_s3(
     among the formats (else the first format's); ``locations`` lists every object written.
     """
     bucket = output.bucket
+    for extension in [*(_EXTENSIONS[fmt] for fmt in output.formats), *([STAC_EXTENSION] if output.stac_item else [])]:
+        key = object_key(output.prefix, job_id, extension)
+        limits.check_size("S3 object key (the output prefix and job id)", limits.utf8_bytes(key), limits.S3_KEY_BYTES,
+                          f"bucket {bucket}")
     _check_bucket(s3_client, bucket)
     description = job if job is not None else JobDescription(job_id=job_id)
     config = transfer_config if transfer_config is not None else default_transfer_config()
@@ -175,6 +180,10 @@ def _upload(s3_client: Any, source: IO[bytes] | str, bucket: str, key: str, cont
             source.seek(0)
             s3_client.upload_fileobj(source, bucket, key, ExtraArgs=extra, Config=config)
     except (S3UploadFailedError, ClientError, BotoCoreError) as err:
+        cause = err if isinstance(err, ClientError) else err.__cause__ or err.__context__
+        refusal = limits.refused(cause, "s3", f"s3://{bucket}/{key}") if isinstance(cause, ClientError) else None
+        if refusal is not None:  # S3 refuses the request as it is: permanent
+            raise refusal from err
         raise SinkError(f"{what} failed: {err}") from err
 
 

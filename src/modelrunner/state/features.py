@@ -3,7 +3,10 @@
 Raw features are written in the reference's layout, because other tools count them: items under
 ``hash_key = <image_id>-<n>`` (n in 1..50), each a ``features`` list of GeoJSON Feature strings, chunked
 well under DynamoDB's 400 KB. Our keys are deterministic (derived from the region, tile and chunk), so a
-redelivered region overwrites its own items instead of adding duplicates.
+redelivered region overwrites its own items instead of adding duplicates. A single feature too large for
+one item (a mask of tens of thousands of vertices) is the exception: its text is zlib-compressed and cut
+into ``feature_part`` binary parts, one item each (``feature_key``, ``part``, ``parts``, no ``features``
+list), joined again on read (:meth:`FeatureStore.raw_features`), so no feature ever fails its region.
 
 Region results are stored compactly: the region's merged features as their columns (pixel boxes, scores,
 labels) followed by their GeoJSON texts, zlib-compressed and cut into binary chunks under
@@ -95,41 +98,66 @@ class FeatureStore:
         Keys derive from (region, tile, chunk): a redelivered region overwrites its own items.
         """
         expire = int(time.time()) + self.ttl_seconds
+        salt = int(_hex(region_id, tile_id), 16) % SALTS + 1
+        hash_key = f"{image_id}-{salt}"
+        ddb.check_key(self.table, "hash_key", hash_key)
         texts = list(texts)
         lengths = list(map(len, texts))  # characters; DynamoDB counts UTF-8 bytes
+        parts: list[dict[str, Any]] = []
         if sum(lengths) <= ITEM_BYTES and "".join(texts).isascii():  # a tile's features fit in one item
             chunks = [texts]
         else:
             chunks = [[]]
             size = 0
-            for text, length in zip(texts, lengths, strict=True):
+            for index, (text, length) in enumerate(zip(texts, lengths, strict=True)):
                 if not text.isascii():
                     length = len(text.encode())
+                if length > ITEM_BYTES:  # too large for an item of its own: stored in parts
+                    parts.extend(self._part_items(hash_key, region_id, tile_id, index, text, expire))
+                    continue
                 if chunks[-1] and size + length > ITEM_BYTES:
                     chunks.append([])
                     size = 0
                 chunks[-1].append(text)
                 size += length
-        salt = int(_hex(region_id, tile_id), 16) % SALTS + 1
-        return [{"hash_key": f"{image_id}-{salt}", "range_key": _hex(region_id, tile_id, n), "tile_id": tile_id,
+        return [{"hash_key": hash_key, "range_key": _hex(region_id, tile_id, n), "tile_id": tile_id,
                  "features": chunk, "expire_time": expire}
-                for n, chunk in enumerate(chunks) if chunk]
+                for n, chunk in enumerate(chunks) if chunk] + parts
+
+    @staticmethod
+    def _part_items(hash_key: str, region_id: str, tile_id: str, index: int, text: str,
+                    expire: int) -> list[dict[str, Any]]:
+        """One feature text too large for an item, compressed and cut into items of ``ITEM_BYTES`` at most.
+        Keys derive from (region, tile, the feature's index in the tile, part): a redelivery overwrites."""
+        data = zlib.compress(text.encode(), 6)
+        pieces = [data[start:start + ITEM_BYTES] for start in range(0, len(data), ITEM_BYTES)]
+        feature_key = _hex(region_id, tile_id, "feature", index)
+        return [{"hash_key": hash_key, "range_key": _hex(feature_key, n), "tile_id": tile_id,
+                 "feature_key": feature_key, "part": n, "parts": len(pieces), "feature_part": piece,
+                 "expire_time": expire}
+                for n, piece in enumerate(pieces)]
 
     def put_items(self, items: Sequence[dict[str, Any]]) -> None:
         """Write raw items (from :meth:`raw_items`), marshalled here directly: their attribute types are
         known, and the generic serializer would inspect every feature text of every item."""
-        ddb.batch_put(self.client, self.table, [
-            {"hash_key": {"S": item["hash_key"]}, "range_key": {"S": item["range_key"]},
-             "tile_id": {"S": item["tile_id"]}, "features": {"L": [{"S": text} for text in item["features"]]},
-             "expire_time": {"N": str(item["expire_time"])}}
-            for item in items], marshalled=True)
+        ddb.batch_put(self.client, self.table, [_marshal_raw(item) for item in items], marshalled=True)
 
     def raw_features(self, image_id: str) -> list[dict[str, Any]]:
-        """Every raw feature of a job (50 queries), for audits and tests."""
+        """Every raw feature of a job (50 queries), for audits and tests; features stored in parts are
+        joined (a part missing raises)."""
         out: list[dict[str, Any]] = []
         for salt in range(1, SALTS + 1):
+            parts: dict[str, dict[int, bytes]] = {}
+            counts: dict[str, int] = {}
             for item in self._query(f"{image_id}-{salt}"):
+                if "feature_part" in item:
+                    parts.setdefault(item["feature_key"], {})[item["part"]] = bytes(item["feature_part"])
+                    counts[item["feature_key"]] = item["parts"]
                 out.extend(json.loads(text) for text in item.get("features", []))
+            for feature_key, got in parts.items():
+                if sorted(got) != list(range(counts[feature_key])):
+                    raise RuntimeError(f"raw feature {feature_key}: {len(got)} of {counts[feature_key]} parts found")
+                out.append(json.loads(zlib.decompress(b"".join(got[n] for n in range(len(got))))))
         return out
 
     def put_region_result(self, image_id: str, region_id: str, attempt: str, features: FeatureSet) -> int:
@@ -138,6 +166,8 @@ class FeatureStore:
         Keys carry the attempt (worker and start time), and the region row records the attempt that
         finished it: a duplicate delivery that loses the race can never mix its chunks into the result.
         """
+        ddb.check_key(self.table, "hash_key", f"{image_id}-regions")
+        ddb.check_key(self.table, "range_key", f"{region_id}#{attempt}#00000", sort=True)
         packed = PackedFeatureSet.pack(features, CHUNK_BYTES)
         chunks = packed.chunks
         expire = int(time.time()) + self.result_ttl_seconds
@@ -212,3 +242,16 @@ class FeatureStore:
             if "LastEvaluatedKey" not in answer:
                 return
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+
+def _marshal_raw(item: dict[str, Any]) -> dict[str, Any]:
+    """A raw item (from :meth:`FeatureStore.raw_items`) as DynamoDB JSON, written here directly: the
+    attribute types are known, and the generic serializer would inspect every feature text of every item."""
+    marshalled: dict[str, Any] = {"hash_key": {"S": item["hash_key"]}, "range_key": {"S": item["range_key"]},
+                                  "tile_id": {"S": item["tile_id"]}, "expire_time": {"N": str(item["expire_time"])}}
+    if "feature_part" in item:
+        marshalled.update({"feature_key": {"S": item["feature_key"]}, "part": {"N": str(item["part"])},
+                           "parts": {"N": str(item["parts"])}, "feature_part": {"B": item["feature_part"]}})
+    else:
+        marshalled["features"] = {"L": [{"S": text} for text in item["features"]]}
+    return marshalled

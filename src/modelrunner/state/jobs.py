@@ -85,7 +85,11 @@ class JobStore:
         return self._put_new(item)
 
     def _put_new(self, item: Mapping[str, Any]) -> bool:
-        """Write a job row that must not exist yet; False when it does."""
+        """Write a job row that must not exist yet; False when it does. What DynamoDB would refuse is refused
+        first, AwsLimitError: a key over 2,048 bytes (the job id and image URL), a row over 400 KB (the
+        request's parameters: a large regionOfInterest or featureProperties)."""
+        ddb.check_key(self.table, "image_id", item["image_id"])
+        ddb.check_item(self.table, item, "the job row, holding the request's parameters")
         return ddb.conditional(self.client.put_item, TableName=self.table, Item=ddb.marshal(item),
                                ConditionExpression="attribute_not_exists(image_id)")
 
@@ -106,14 +110,13 @@ class JobStore:
 
     def update(self, image_id: str, fields: Mapping[str, Any]) -> None:
         expr, names, vals = ddb.update_expression(fields)
-        self.client.update_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
-                                UpdateExpression=expr, ExpressionAttributeNames=names,
-                                ExpressionAttributeValues=vals)
+        ddb.checked(self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+                    UpdateExpression=expr, ExpressionAttributeNames=names, ExpressionAttributeValues=vals)
 
     def set_once(self, image_id: str, attribute: str, value: Any) -> Any:
         """Set ``attribute`` unless it is set already; returns the value stored (first writer wins)."""
-        answer = self.client.update_item(
-            TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
+        answer = ddb.checked(
+            self.client.update_item, TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
             UpdateExpression="SET #a = if_not_exists(#a, :v)", ConditionExpression="attribute_exists(image_id)",
             ExpressionAttributeNames={"#a": attribute}, ExpressionAttributeValues=ddb.values({":v": value}),
             ReturnValues="ALL_NEW")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import limits
 from ..requests import RegionRequest
 from . import ddb
 from .jobs import FINAL, JobStore
@@ -13,6 +14,9 @@ from .jobs import FINAL, JobStore
 _FINAL_VALUES = ddb.values({":s": "SUCCESS", ":p": "PARTIAL", ":f": "FAILED"})
 # Every write of a region row but the first is conditional on this: a finished region is never reopened.
 _NOT_FINAL = "NOT (#region_status IN (:s, :p, :f))"
+# Room for a region's final fields in its row (400 KB); the row's other attributes (keys of up to 3 KB,
+# bounds, tile size and format) take the rest.
+FINAL_FIELDS_BYTES = limits.DYNAMODB_ITEM_BYTES - 16 * 1024
 
 
 @dataclass
@@ -22,7 +26,14 @@ class RegionStore:
     ttl_seconds: int = 86400
 
     def key(self, image_id: str, region_id: str) -> dict[str, Any]:
+        self.check_key(image_id, region_id)
         return ddb.marshal({"image_id": image_id, "region_id": region_id})
+
+    def check_key(self, image_id: str, region_id: str) -> None:
+        """AwsLimitError for a key DynamoDB would refuse: the image id holds the job id and image URL, the
+        region id (a 1,024-byte sort key) the job id."""
+        ddb.check_key(self.table, "image_id", image_id)
+        ddb.check_key(self.table, "region_id", region_id, sort=True)
 
     def get(self, image_id: str, region_id: str) -> dict[str, Any]:
         answer = self.client.get_item(TableName=self.table, Key=self.key(image_id, region_id), ConsistentRead=True)
@@ -46,6 +57,7 @@ class RegionStore:
 
     def plan(self, region: RegionRequest, index: int, total_tiles: int) -> None:
         """Write the row of a planned region, unless it exists (a re-planned, redelivered image)."""
+        self.check_key(region.image_id, region.region_id)
         now = ddb.now_ms()
         item = {
             "image_id": region.image_id, "region_id": region.region_id, "job_id": region.job_id,
@@ -119,7 +131,7 @@ class RegionStore:
             "succeeded_tiles": list(succeeded), "failed_tiles": list(failed), "message": message,
             "feature_count": feature_count, **(extra or {}),
         }
-        expr, names, vals = ddb.update_expression(fields)
+        expr, names, vals = ddb.update_expression(fit_final_fields(fields))
         vals.update(_FINAL_VALUES)
         region_update = {"Update": {
             "TableName": self.table, "Key": self.key(image_id, region_id), "UpdateExpression": expr,
@@ -127,3 +139,34 @@ class RegionStore:
         }}
         return ddb.conditional(self.client.transact_write_items, TransactItems=[
             region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])
+
+
+def fit_final_fields(fields: dict[str, Any], budget: int | None = None) -> dict[str, Any]:
+    """A region's final fields within ``budget`` bytes of DynamoDB item, so that its row never outgrows
+    400 KB: a region of tens of thousands of small tiles lists more tiles than fit (about 27 bytes each).
+    ``succeeded_tiles`` is cut first, then ``failed_tiles`` (``<name>_omitted`` counts the tiles left
+    out; the tile counts stay exact), then the message (a note says how much was cut). ``budget``:
+    :data:`FINAL_FIELDS_BYTES` unless given."""
+    budget = FINAL_FIELDS_BYTES if budget is None else budget
+    size = ddb.item_bytes(fields)
+    if size <= budget:
+        return fields
+    fields = dict(fields)
+    for name in ("succeeded_tiles", "failed_tiles"):
+        if size <= budget or not fields[name]:
+            continue
+        element_bytes = [1 + ddb.item_bytes({"": tile}) for tile in fields[name]]  # 1: per list element
+        keep, removed = len(element_bytes), 0
+        omitted_bytes = len(f"{name}_omitted") + 4  # the count attribute added (a number of up to 6 digits)
+        while keep and size - removed + omitted_bytes > budget:
+            keep -= 1
+            removed += element_bytes[keep]
+        fields[name] = list(fields[name][:keep])
+        fields[f"{name}_omitted"] = len(element_bytes) - keep
+        size += omitted_bytes - removed
+    message = fields.get("message")
+    if size > budget and message:
+        data = message.encode("utf-8")
+        kept = data[:max(0, len(data) - (size - budget) - 40)].decode("utf-8", "ignore")  # 40: the note
+        fields["message"] = f"{kept} ... [{len(data) - len(kept.encode('utf-8')):,} bytes cut]"
+    return fields

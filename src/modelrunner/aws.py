@@ -15,6 +15,8 @@ from botocore.config import Config
 from botocore.credentials import DeferredRefreshableCredentials
 from botocore.session import Session as BotocoreSession
 
+from .inference.invoke import LeanInvoker
+
 ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
 
 # DynamoDB and Kinesis carry the bulk payloads (feature items, one record per feature); botocore's client-
@@ -46,6 +48,7 @@ class AwsClients:
         self._endpoint_urls = endpoint_urls or {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, AwsClients] = {}
+        self._invoker: LeanInvoker | None = None
         self._lock = threading.Lock()
 
     def client(self, service: str) -> Any:
@@ -88,7 +91,13 @@ class AwsClients:
 
     @property
     def sagemaker_runtime(self) -> Any:
-        return self.client("sagemaker-runtime")
+        """The SageMaker runtime client, its successful InvokeEndpoint calls made without botocore's per-call
+        machinery (:class:`~modelrunner.inference.invoke.LeanInvoker`; failures and retries are botocore's)."""
+        client = self.client("sagemaker-runtime")
+        with self._lock:
+            if self._invoker is None:
+                self._invoker = LeanInvoker(client)
+            return self._invoker
 
     def for_role(self, role_arn: str | None) -> AwsClients:
         """Clients acting as ``role_arn`` (STS AssumeRole, refreshed before expiry); self when no role."""

@@ -1,9 +1,9 @@
 """InvokeEndpoint without botocore's per-call machinery: the one AWS call made for every tile.
 
-A botocore ``invoke_endpoint`` call costs about 1 ms of the worker's GIL time beyond the HTTP exchange
-itself (its event hooks, endpoint rules, serialiser, ``AWSRequest`` preparation and response parsing), a
-sixth of what the worker spends per tile. :class:`LeanInvoker` wraps the botocore client and, for a call
-that succeeds, does only what such a call needs: the request botocore would build (URL and headers from
+A botocore ``invoke_endpoint`` call costs 0.3-0.5 ms more CPU than this module's (``scripts/bench_invoke``:
+its event hooks, endpoint rules, serialiser, ``AWSRequest`` preparation and response parsing), 2-3 % of
+what the worker spends per tile. :class:`LeanInvoker` wraps the botocore client and, for a call that
+succeeds, does only what such a call needs: the request botocore would build (URL and headers from
 the operation model), signed by botocore's own SigV4 signer with the client's credentials, sent over a
 urllib3 pool sized like the client's.
 
@@ -49,9 +49,12 @@ class LeanInvoker:
         self._answer_headers = _header_members(operation.output_shape)
         self._signing_name = client.meta.service_model.signing_name
         self._user_agent = f"{client.meta.config.user_agent} md/modelrunner#lean-invoke"
-        self._event = f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}"
         self.fast = self._eligible()
         self.checked = False  # whether a call through botocore has shown that its URL is the one built here
+        self._expected = threading.local()  # per thread: the URL its checking call should be sent to
+        # Registered once, here (not per call: registering while other threads emit is not safe).
+        client.meta.events.register(f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}",
+                                    self._check_url)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -119,27 +122,25 @@ class LeanInvoker:
             "RequestId": response.headers.get("x-amzn-RequestId", ""), "RetryAttempts": 0}
         return answer
 
-
     def _checking_call(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """``invoke_endpoint`` through botocore, comparing the URL it sends to with :meth:`url`."""
-        me = threading.get_ident()
-        sent: list[str] = []
-
-        def record(request: Any, **_: Any) -> None:
-            if threading.get_ident() == me:  # other threads' calls share the client's events
-                sent.append(request.url)
-
-        self._client.meta.events.register(self._event, record)
+        """``invoke_endpoint`` through botocore, its URL compared with :meth:`url`'s (:meth:`_check_url`)."""
+        self._expected.url = self.url(kwargs)
         try:
-            answer = self._client.invoke_endpoint(**kwargs)
+            return self._client.invoke_endpoint(**kwargs)
         finally:
-            self._client.meta.events.unregister(self._event, record)
-        if sent and not self.checked:
-            with self._lock:
-                if sent[0] != self.url(kwargs):
-                    self.fast = False
-                self.checked = True
-        return answer
+            self._expected.url = None
+
+    def _check_url(self, request: Any, **_: Any) -> None:
+        """botocore's ``before-send`` hook: on a checking call's first attempt, a URL other than the one
+        built here turns the fast path off; either way the check is done."""
+        expected = getattr(self._expected, "url", None)
+        if expected is None:
+            return
+        self._expected.url = None
+        with self._lock:
+            if request.url != expected:
+                self.fast = False
+            self.checked = True
 
 
 def _header_members(shape: Any) -> dict[str, str]:

@@ -26,7 +26,8 @@ what stock moto 5.2 sends (``test/unit/test_motofast.py`` compares them call by 
    same number and the second record overwrites the first (about one record in 20,000 in a plain test
    of two concurrent PutRecords): counts read back were short although every put answered success,
    which real Kinesis never does. Each shard's put (and its GetRecords walk, which would
-   otherwise see the dict change under it) runs under a lock of that shard; answers are unchanged.
+   otherwise see the dict change under it) runs under a lock of that shard; answers are stock moto's
+   whenever puts do not overlap.
 
 The PutRecords answer is also rendered as plain JSON (:func:`_kinesis_put_records`). :func:`patch` applies
 all of these (idempotent); :func:`unpatch` restores stock moto (tests compare both).

@@ -16,6 +16,7 @@ from botocore.credentials import DeferredRefreshableCredentials
 from botocore.session import Session as BotocoreSession
 
 from . import redact
+from .inference.invoke import LeanInvoker
 
 ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
 
@@ -48,6 +49,7 @@ class AwsClients:
         self._endpoint_urls = endpoint_urls or {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, AwsClients] = {}
+        self._invoker: LeanInvoker | None = None
         self._lock = threading.RLock()  # for_role builds its STS client while holding it
 
     def client(self, service: str) -> Any:
@@ -90,7 +92,13 @@ class AwsClients:
 
     @property
     def sagemaker_runtime(self) -> Any:
-        return self.client("sagemaker-runtime")
+        """The SageMaker runtime client, its successful InvokeEndpoint calls made without botocore's per-call
+        machinery (:class:`~modelrunner.inference.invoke.LeanInvoker`; failures and retries are botocore's)."""
+        client = self.client("sagemaker-runtime")
+        with self._lock:
+            if self._invoker is None:
+                self._invoker = LeanInvoker(client)
+            return self._invoker
 
     def for_role(self, role_arn: str | None) -> AwsClients:
         """Clients acting as ``role_arn`` (STS AssumeRole, refreshed before expiry); self when no role."""

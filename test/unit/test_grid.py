@@ -1,6 +1,11 @@
-import pytest
+import math
 
-from modelrunner.imagery.grid import TileGrid, axis_positions, plan_regions
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelrunner.imagery.grid import TileGrid, axis_positions, balanced_spans, plan_regions, tiles_per_region
 
 
 def covers(length, positions, size):
@@ -74,3 +79,60 @@ def test_region_keep_filter_drops_empty_regions():
 def test_invalid_overlap():
     with pytest.raises(ValueError):
         TileGrid.plan(100, 100, 64, 64)
+
+
+@given(count=st.integers(0, 400), per_region=st.integers(1, 60))
+def test_balanced_spans_share_an_axis_evenly(count, per_region):
+    spans = balanced_spans(count, per_region)
+    assert [i for span in spans for i in span] == list(range(count))  # contiguous, in order, each tile once
+    assert len(spans) == math.ceil(count / per_region)  # as many regions as whole nominal ones need
+    lengths = [len(span) for span in spans]
+    if lengths:
+        assert max(lengths) <= per_region
+        assert max(lengths) - min(lengths) <= 1
+        assert min(lengths) >= min(count, math.ceil(per_region / 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(width=st.integers(1, 40000), height=st.integers(1, 40000), tile=st.sampled_from([128, 256, 512, 1024]),
+       overlap_share=st.floats(0, 0.9), region=st.integers(128, 20000))
+def test_regions_tile_the_grid_and_none_is_thin(width, height, tile, overlap_share, region):
+    grid = TileGrid.plan(width, height, tile, int(tile * overlap_share))
+    regions = plan_regions(grid, (region, region))
+    # Every tile of the grid in exactly one region, each region recoverable from its bounds.
+    covered = np.zeros((grid.rows, grid.columns), dtype=np.int32)
+    for index, r in enumerate(regions):
+        assert r.index == index
+        assert grid.index_ranges(r.bounds) == (r.cols, r.rows)
+        covered[r.rows.start:r.rows.stop, r.cols.start:r.cols.stop] += 1
+    assert (covered == 1).all()
+    # The same number of regions as nominal ones would give, each at most nominal and at least half of it,
+    # in tiles and in pixels (a nominal region spans (k - 1) strides + a tile).
+    sx, sy = grid.stride()
+    for axis, count, stride, tile_len, extent in ((0, grid.columns, sx, grid.tile_width, width),
+                                                  (1, grid.rows, sy, grid.tile_height, height)):
+        k = tiles_per_region(region, tile_len, stride, count)
+        spans = sorted({(r.cols, r.rows)[axis] for r in regions}, key=lambda span: span.start)
+        assert len(spans) == math.ceil(count / k)
+        nominal_px = (k - 1) * stride + tile_len
+        for r in regions:
+            span = (r.cols, r.rows)[axis]
+            pixels = r.bounds[1][axis]
+            assert len(span) <= k
+            if len(spans) > 1:
+                assert len(span) >= math.ceil(k / 2)
+                assert pixels >= nominal_px / 2
+            else:
+                assert pixels == extent
+
+
+def test_a_24576_square_at_region_size_8192_has_16_even_regions():
+    """64 x 64 tiles of 512/128 at 21 tiles a nominal region: 16 x 4 per axis, not 21 + 21 + 21 + 1."""
+    grid = TileGrid.plan(24576, 24576, 512, 128)
+    regions = plan_regions(grid, (8192, 8192))
+    assert (grid.columns, grid.rows, len(regions)) == (64, 64, 16)
+    assert {r.tile_count for r in regions} == {256}
+    assert [r.cols for r in regions[:4]] == [range(0, 16), range(16, 32), range(32, 48), range(48, 64)]
+    assert min(min(r.bounds[1]) for r in regions) >= 8192 // 2
+    # The tile positions are the grid's; only their grouping changed.
+    assert sum(r.tile_count for r in regions) == len(grid) == 4096

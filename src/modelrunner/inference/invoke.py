@@ -1,0 +1,149 @@
+"""InvokeEndpoint without botocore's per-call machinery: the one AWS call made for every tile.
+
+A botocore ``invoke_endpoint`` call costs 0.3-0.5 ms more CPU than this module's (``scripts/bench_invoke``:
+its event hooks, endpoint rules, serialiser, ``AWSRequest`` preparation and response parsing), 2-3 % of
+what the worker spends per tile. :class:`LeanInvoker` wraps the botocore client and, for a call that
+succeeds, does only what such a call needs: the request botocore would build (URL and headers from
+the operation model), signed by botocore's own SigV4 signer with the client's credentials, sent over a
+urllib3 pool sized like the client's.
+
+The first call goes through botocore, and the URL botocore resolved for it (its endpoint rules: FIPS,
+dual-stack, a configured endpoint) must be the one built here, or the fast path is not used. Everything
+else stays botocore's. The first answer that is not a 2xx, or a transport error, sends that call, and every
+call after it, through the wrapped client, whose retry mode then does what it always did
+(adaptive: back-off with jitter, a client-side rate limit once throttled, errors raised as ``ClientError``
+/ ``BotoCoreError``). The tile of that first failure is thus sent once more than botocore alone would send
+it, once per process. The fast path is not used at all (the client is called directly) where it could
+differ from botocore: a proxy, a client certificate, a signature version other than SigV4, no credentials.
+Any other operation or attribute is the wrapped client's (``invoker.meta``, ...).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.httpsession import get_cert_path
+
+OPERATION = "InvokeEndpoint"
+
+
+class LeanInvoker:
+    """A botocore ``sagemaker-runtime`` client whose successful ``invoke_endpoint`` calls skip botocore."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._pool: urllib3.PoolManager | None = None
+        operation = client.meta.service_model.operation_model(OPERATION)
+        self._path = operation.http["requestUri"]
+        #: request member -> header name, from the operation model (ContentType -> Content-Type, ...)
+        self._headers = _header_members(operation.input_shape)
+        self._answer_headers = _header_members(operation.output_shape)
+        self._signing_name = client.meta.service_model.signing_name
+        self._user_agent = f"{client.meta.config.user_agent} md/modelrunner#lean-invoke"
+        self.fast = self._eligible()
+        self.checked = False  # whether a call through botocore has shown that its URL is the one built here
+        self._expected = threading.local()  # per thread: the URL its checking call should be sent to
+        # Registered once, here (not per call: registering while other threads emit is not safe).
+        client.meta.events.register(f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}",
+                                    self._check_url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _eligible(self) -> bool:
+        config = self._client.meta.config
+        return (self._credentials() is not None and not config.proxies and not urllib.request.getproxies()
+                and not getattr(config, "client_cert", None)
+                and (config.signature_version or "v4") in ("v4", "s3v4")
+                and urllib.parse.urlsplit(self._client.meta.endpoint_url).scheme in ("http", "https"))
+
+    def _credentials(self) -> Any:
+        return getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
+
+    def _connections(self) -> urllib3.PoolManager:
+        with self._lock:
+            if self._pool is None:
+                config = self._client.meta.config
+                # The client's TLS verification: a CA bundle path, True (botocore's default bundle) or False.
+                session = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
+                verify = getattr(session, "_verify", True)
+                bundle = verify if isinstance(verify, str) else get_cert_path(True)
+                tls: dict[str, Any] = ({"cert_reqs": "CERT_NONE"} if verify is False
+                                       else {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle})
+                self._pool = urllib3.PoolManager(
+                    num_pools=2, maxsize=max(1, config.max_pool_connections), block=False, retries=False,
+                    timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout), **tls)
+            return self._pool
+
+    def url(self, kwargs: Mapping[str, Any]) -> str:
+        """The URL of ``invoke_endpoint(**kwargs)``: the client's endpoint and the operation's path."""
+        name = urllib.parse.quote(str(kwargs["EndpointName"]), safe="~")
+        return self._client.meta.endpoint_url.rstrip("/") + self._path.replace("{EndpointName}", name)
+
+    def request(self, kwargs: Mapping[str, Any]) -> AWSRequest:
+        """The signed request botocore would send for ``invoke_endpoint(**kwargs)`` (less its SDK headers)."""
+        url = self.url(kwargs)
+        headers = {self._headers[key]: str(value) for key, value in kwargs.items() if key in self._headers}
+        headers["User-Agent"] = self._user_agent
+        request = AWSRequest(method="POST", url=url, data=kwargs.get("Body", b""), headers=headers)
+        SigV4Auth(self._credentials().get_frozen_credentials(), self._signing_name,
+                  self._client.meta.region_name).add_auth(request)
+        return request
+
+    def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
+        """``invoke_endpoint`` as botocore answers it (``Body`` a readable stream, ``ContentType``, ...)."""
+        if not self.fast or not set(kwargs) <= {"EndpointName", "Body", *self._headers}:
+            return self._client.invoke_endpoint(**kwargs)
+        if not self.checked:
+            return self._checking_call(kwargs)
+        request = self.request(kwargs)
+        try:
+            response = self._connections().request("POST", request.url, body=request.data,
+                                                   headers=dict(request.headers.items()), preload_content=True)
+        except urllib3.exceptions.HTTPError:
+            response = None
+        if response is None or not 200 <= response.status < 300:
+            self.fast = False  # from here on botocore's retries, rate limit and errors, as before
+            return self._client.invoke_endpoint(**kwargs)
+        answer: dict[str, Any] = {key: response.headers[header] for key, header in self._answer_headers.items()
+                                  if header in response.headers}
+        answer["Body"] = io.BytesIO(response.data)
+        answer["ResponseMetadata"] = {
+            "HTTPStatusCode": response.status, "HTTPHeaders": {k.lower(): v for k, v in response.headers.items()},
+            "RequestId": response.headers.get("x-amzn-RequestId", ""), "RetryAttempts": 0}
+        return answer
+
+    def _checking_call(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``invoke_endpoint`` through botocore, its URL compared with :meth:`url`'s (:meth:`_check_url`)."""
+        self._expected.url = self.url(kwargs)
+        try:
+            return self._client.invoke_endpoint(**kwargs)
+        finally:
+            self._expected.url = None
+
+    def _check_url(self, request: Any, **_: Any) -> None:
+        """botocore's ``before-send`` hook: on a checking call's first attempt, a URL other than the one
+        built here turns the fast path off; either way the check is done."""
+        expected = getattr(self._expected, "url", None)
+        if expected is None:
+            return
+        self._expected.url = None
+        with self._lock:
+            if request.url != expected:
+                self.fast = False
+            self.checked = True
+
+
+def _header_members(shape: Any) -> dict[str, str]:
+    """Member name -> HTTP header name, for the members of a request or answer shape that are headers."""
+    return {name: member.serialization["name"] for name, member in shape.members.items()
+            if member.serialization.get("location") == "header"}

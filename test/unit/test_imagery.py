@@ -233,7 +233,8 @@ def test_elevation_settings(monkeypatch):
     assert (settings.elevation_data_location, settings.elevation_data_extension) == ("s3://dem/srtm", ".hgt")
     assert Settings.from_env(base).elevation_data_extension == ".tif"
     monkeypatch.setenv("ELEVATION_DATA_EXTENSION", "dt2")
-    assert elevation.normalise_extension(None) == ".dt2", "callers without the settings get the same value"
+    assert elevation.normalise_extension(None) == ".tif", "only config.Settings reads the environment"
+    assert elevation.normalise_extension("dt2") == elevation.normalise_extension(".dt2") == ".dt2"
 
 
 # georegistration ---------------------------------------------------------------------------------------

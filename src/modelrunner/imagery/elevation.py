@@ -32,8 +32,9 @@ _lock = threading.Lock()
 
 
 def normalise_extension(extension: str | None) -> str:
-    """``tif`` / ``.tif`` / None -> ``.tif`` (None: ``ELEVATION_DATA_EXTENSION`` of the environment)."""
-    value = (extension if extension is not None else os.environ.get("ELEVATION_DATA_EXTENSION", "")).strip()
+    """``tif`` / ``.tif`` / None -> ``.tif`` (the setting is read from the environment once, by
+    ``config.Settings``; nothing here reads the environment)."""
+    value = (extension or "").strip()
     value = value or DEFAULT_EXTENSION
     return value if value.startswith(".") else "." + value
 

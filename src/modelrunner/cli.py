@@ -78,7 +78,7 @@ def _status(args: argparse.Namespace) -> int:
         if not job:
             print(f"no job {args.job_id}", file=sys.stderr)
             return 1
-        rows = regions.all(image_id)
+        rows = regions.all(str(image_id))
         done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
         print(f"{job.get('job_id')} {job.get('job_status')}: regions {job.get('regions_done', 0)}/"
               f"{job.get('region_count', 0)}, tiles {done}/{job.get('tile_count', '?')}, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -18,7 +18,7 @@ R = TypeVar("R")
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
-                backlog: int | None = None) -> Iterator[tuple[T, Future[R]]]:
+                backlog: int | None = None) -> Generator[tuple[T, Future[R]], None, None]:
     """Run ``fn`` over ``items`` on ``workers`` threads; yield (item, done future) as each finishes.
 
     At most ``workers + backlog`` items are in flight. Exceptions stay in the futures, so one failing item
@@ -34,7 +34,7 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                 yield finished.get()
                 in_flight -= 1
             future = pool.submit(fn, item)
-            future.add_done_callback(lambda f, item=item: finished.put((item, f)))
+            future.add_done_callback(lambda f, item=item: finished.put((item, f)))  # type: ignore[misc]
             in_flight += 1
             while True:
                 try:
@@ -54,7 +54,7 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
 _DONE = object()
 
 
-def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
     """Iterate ``items`` on a background thread, at most ``depth`` ahead of the consumer.
 
     The tile reader uses it so that reading the next strip of the image overlaps the model calls for the

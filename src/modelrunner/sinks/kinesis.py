@@ -79,7 +79,7 @@ def write_kinesis(
     kinesis_client: Any,
     output: KinesisOutput,
     job_id: str,
-    features: Iterable[dict[str, Any]],
+    features: Iterable[dict[str, Any] | str],
     *,
     max_attempts: int = 8,
     base_delay: float = 0.1,
@@ -148,7 +148,7 @@ def write_kinesis(
             collect(in_flight.popleft())
         in_flight.append(pool.submit(send, batch))
 
-    iterator: Iterator[dict[str, Any]] = iter(features)
+    iterator: Iterator[dict[str, Any] | str] = iter(features)
     seen = 0
     batch: list[_Record] = []
     batch_bytes = 0
@@ -224,7 +224,7 @@ def _check_stream(kinesis_client: Any, stream: str) -> None:
         raise SinkError(f"output stream {stream!r} is {status}, not ACTIVE or UPDATING")
 
 
-def _encode(feature: dict[str, Any], index: int, key_bytes: int, result: SinkResult) -> _Record | None:
+def _encode(feature: dict[str, Any] | str, index: int, key_bytes: int, result: SinkResult) -> _Record | None:
     """The feature as a record, or None after counting it failed (not serialisable, or over 1 MiB)."""
     label = feature_label(feature, index)
     try:
@@ -302,7 +302,7 @@ def _put_with_retries(
 def _backoff(attempt: int, base_delay: float) -> float:
     """Exponential back-off with equal jitter: spreads retries of concurrent workers, never zero."""
     ceiling = min(MAX_BACKOFF_SECONDS, base_delay * 2 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 def _add_reason(result: SinkResult, reason: str) -> None:

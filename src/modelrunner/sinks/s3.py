@@ -77,7 +77,7 @@ def write_s3(
     s3_client: Any,
     output: S3Output,
     job_id: str,
-    features: Iterable[dict[str, Any]],
+    features: Iterable[dict[str, Any] | str],
     *,
     transfer_config: TransferConfig | None = None,
 ) -> SinkResult:
@@ -120,7 +120,7 @@ def _check_bucket(s3_client: Any, bucket: str) -> None:
         raise SinkError(f"output bucket {bucket!r} cannot be checked: {err}") from err
 
 
-def _spool_collection(features: Iterable[dict[str, Any]], spool: IO[bytes]) -> int:
+def _spool_collection(features: Iterable[dict[str, Any] | str], spool: IO[bytes]) -> int:
     """Write the FeatureCollection to ``spool`` feature by feature; return how many features it holds.
 
     The frame is what ``json.dumps`` writes for the collection, so an empty iterable still yields a valid

@@ -24,6 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"modelrunner worker: {err}", file=sys.stderr)
         return 2
+    configure_logging(args.verbose, level=settings.log_level)
     configure_gdal()
     services = Services.create(settings, metrics=not args.no_metrics)
     services.aws.warm()

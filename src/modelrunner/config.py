@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 _TRUE = ("true", "True", "TRUE", "1", "yes")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -73,6 +74,16 @@ def _extension(raw: str) -> str:
     return value if value.startswith(".") else "." + value
 
 
+def _log_level(env: Mapping[str, str], name: str) -> str:
+    """A logging level name (any case); a typo stops the worker rather than silently logging at INFO."""
+    raw = env.get(name, "").strip().upper()
+    if not raw:
+        return "INFO"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(name, f"must be one of {', '.join(LOG_LEVELS)}, got {env[name]!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker needs from its environment."""
@@ -110,6 +121,8 @@ class Settings:
     feature_ttl_seconds: int = 7200
     max_tile_attempts: int = 4
     """Attempts per tile for errors the endpoint client's own retries do not cover (e.g. HTTP 5xx)."""
+    log_level: str = "INFO"
+    """Level of the JSON log lines on stderr (``MR_LOG_LEVEL``); the entry point's ``-v`` makes it DEBUG."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -146,4 +159,5 @@ class Settings:
             http_timeout=_float(env, "MR_HTTP_TIMEOUT", 60.0),
             ddb_ttl_days=_float(env, "DDB_TTL_IN_DAYS", 1.0),
             max_tile_attempts=_int(env, "MR_MAX_TILE_ATTEMPTS", 4, minimum=1),
+            log_level=_log_level(env, "MR_LOG_LEVEL"),
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import logs
 from .errors import RequestError
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete
@@ -153,13 +154,16 @@ class Worker:
             log.exception("error while polling or handling a message")
             time.sleep(1)
         finally:
+            logs.clear()  # the next message's lines carry its own job, region and tile
             _return_free_memory()
         return False
 
     def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> bool:
         """Process the region, then complete its job if it was the last; False while another worker holds
         the completion (the caller keeps its message, see :func:`maybe_complete`)."""
+        logs.bind(region_id=region.region_id)
         process_region(self.services, region, job=job, abort=self.abort)
+        logs.bind(region_id=None)
         _return_free_memory()  # the region's tiles are gone; the completion needs room
         return maybe_complete(self.services, region.image_id)
 
@@ -175,6 +179,7 @@ class Worker:
             self._reject_image(message, err)
             self._delete(queue, message)
             return
+        logs.bind(job_id=request.job_id, image_id=request.image_id)
         self.heartbeat.hold(queue, message["ReceiptHandle"])
         try:
             first, job = start_image(self.services, request)
@@ -224,6 +229,7 @@ class Worker:
             log.error("dropping an invalid region message %s: %s", message.get("MessageId"), err)
             self._delete(queue, message)
             return
+        logs.bind(job_id=region.job_id, image_id=region.image_id, region_id=region.region_id)
         self.heartbeat.hold(queue, message["ReceiptHandle"])
         try:
             job = self.services.jobs.get(region.image_id)

@@ -7,6 +7,7 @@ by in-flight tiles, not by region or image size.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable
@@ -33,7 +34,8 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             while in_flight >= limit:
                 yield finished.get()
                 in_flight -= 1
-            future = pool.submit(fn, item)
+            # Each item runs in a copy of the caller's context: log lines carry the job and region.
+            future = pool.submit(contextvars.copy_context().run, fn, item)
             future.add_done_callback(lambda f, item=item: finished.put((item, f)))  # type: ignore[misc]
             in_flight += 1
             while True:

@@ -14,6 +14,7 @@ from ..errors import SinkError
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, set_read_credentials
+from ..metrics import input_format
 from ..requests import DistillationOption, ImageRequest, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from .region import Relocate, relocator
@@ -110,11 +111,16 @@ def complete(services: Services, image_id: str) -> str | None:
         log.info("job %s was ended by another worker", request.job_id)
         return None
     services.status.image(status, request.job_id, image_id, reason, duration)
+    tiles = sum(int(r.get("total_tiles", 0)) for r in rows)
     services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
-                                              "InputFormat": str(job.get("image_extension", "UNKNOWN"))},
+                                              "InputFormat": input_format(job.get("image_extension"))},
                           {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
-                           "Errors": (1 if status != "SUCCESS" else 0, "Count")})
-    services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
+                           "Errors": (1 if status != "SUCCESS" else 0, "Count"),
+                           "Tiles": (tiles, "Count"), "Features": (len(merged), "Count")})
+    services.metrics.emit("FeatureAggregation", {}, {"Duration": (read_s, "Seconds"), "Invocations": (1, "Count")})
+    services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s - read_s, "Seconds"),
+                                                   "Invocations": (1, "Count")})
+    services.metrics.flush()  # the outputs' FeatureDissemination records
     return status
 
 
@@ -131,10 +137,12 @@ def _write_output(services: Services, job_id: str, output: Output,
     clients = services.aws.for_role(output.role)
     started = time.monotonic()
     try:
+        disseminate = services.metrics.timed("FeatureDissemination", {})
         if isinstance(output, S3Output):
-            result = write_s3(clients.s3, output, job_id, features)
+            result = disseminate(write_s3)(clients.s3, output, job_id, features)
         else:
-            result = write_kinesis(clients.kinesis, output, job_id, features, max_in_flight=KINESIS_CALLS_IN_FLIGHT)
+            result = disseminate(write_kinesis)(clients.kinesis, output, job_id, features,
+                                                max_in_flight=KINESIS_CALLS_IN_FLIGHT)
         log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, result.sink, result.features_written,
                  time.monotonic() - started, result.features_failed)
         return result, None

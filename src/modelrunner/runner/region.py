@@ -25,6 +25,8 @@ from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
 from ..inference.pool import BatchWriter, bounded_map, prefetch
+from ..logs import bind
+from ..metrics import input_format
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
 from .services import Services
@@ -104,10 +106,13 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, failed)
+        # Throttles: regions are never held back for endpoint capacity here (no self-throttling).
         services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
-                                                   "InputFormat": region.image_extension or "UNKNOWN"},
+                                                   "InputFormat": input_format(region.image_extension)},
                               {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),
-                               "Errors": (1 if status != "SUCCESS" else 0, "Count")})
+                               "Errors": (1 if status != "SUCCESS" else 0, "Count"), "Throttles": (0, "Count"),
+                               "Tiles": (total, "Count"), "Features": (len(merged), "Count")})
+    services.metrics.flush()  # the region's per-tile records
     return RegionOutcome(region.region_id, status, total, failed, len(merged), counted,
                          time.monotonic() - started)
 
@@ -156,13 +161,18 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
         chip_georef = georef if georegister else None
         radiometry = _tile_radiometry(services, region, job, source)
         soft = option.algorithm_type == "SOFT_NMS"
+        metrics = services.metrics
+        encode = metrics.timed("TileGeneration", {"InputFormat": input_format(region.image_extension)})(encode_tile)
 
+        @metrics.timed("TileProcessing", {"ModelName": region.model_name})
         def run(work: _TileWork) -> _TileResult:
             tile = work.tile
+            bind(tile=tile.key)  # this tile's thread-local copy of the log context
             pixels = work.pixels if radiometry.identity else radiometry.apply(work.pixels)
-            payload = encode_tile(pixels, region.tile_format, region.tile_compression,
+            payload = encode(pixels, region.tile_format, region.tile_compression,
                                   chip_georef.for_chip(tile.col, tile.row) if chip_georef else None)
             answer = detector(payload)
+            refining = time.perf_counter()
             inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             if plan.roi is None:
                 features = place_features(answer, tile.col, tile.row, to_world)
@@ -173,6 +183,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             finish(features, job_id=job_id, inference_dt=inference_dt, feature_properties=feature_properties,
                    source_metadata=source_metadata)
             texts = [feature_text(f) for f in features]
+            metrics.record("FeatureRefinement", {}, time.perf_counter() - refining)
             tile_set = FeatureSet.of(features, texts)
             if soft:  # decayed once, at completion
                 return _TileResult(texts, tile_set)
@@ -185,7 +196,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
         last_progress = time.monotonic()
         # Raw features go to the feature table from a background thread, and the next strip is read while
         # the model works on this one: the loop below only hands out tiles and collects results.
-        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(services.features.put_items, 25)
+        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(
+            metrics.timed("FeatureStorage", {})(services.features.put_items), 25)
         tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
         try:
             with contextlib.closing(bounded_map(run, tiles, settings.workers)) as results:
@@ -196,7 +208,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                     try:
                         result = future.result()
                     except Exception as err:  # one tile's failure is recorded, never hidden, never fatal
-                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err)
+                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err,
+                                    extra={"tile": tile.key})
                         failed.append(tile.key)
                         continue
                     succeeded.append(tile.key)

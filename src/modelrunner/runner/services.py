@@ -56,9 +56,10 @@ class Services:
                 if region.model_invoke_mode == "HTTP_ENDPOINT":
                     self._detectors[key] = HttpDetector(
                         region.model_name, pool_size=self.settings.workers, timeout=self.settings.http_timeout,
-                        verify_tls=self.settings.http_verify_tls, parameters=region.model_parameters)
+                        verify_tls=self.settings.http_verify_tls, parameters=region.model_parameters,
+                        metrics=self.metrics)
                 else:
                     clients = self.aws.for_role(region.model_invocation_role)
                     self._detectors[key] = SageMakerDetector(
-                        clients.sagemaker_runtime, region.model_name, region.model_parameters)
+                        clients.sagemaker_runtime, region.model_name, region.model_parameters, metrics=self.metrics)
             return self._detectors[key]

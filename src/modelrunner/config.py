@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 _TRUE = ("true", "True", "TRUE", "1", "yes")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -90,6 +91,16 @@ def _extension(raw: str) -> str:
     return value if value.startswith(".") else "." + value
 
 
+def _log_level(env: Mapping[str, str], name: str) -> str:
+    """A logging level name (any case); a typo stops the worker rather than silently logging at INFO."""
+    raw = env.get(name, "").strip().upper()
+    if not raw:
+        return "INFO"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(name, f"must be one of {', '.join(LOG_LEVELS)}, got {env[name]!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the worker needs from its environment."""
@@ -163,6 +174,8 @@ class Settings:
     """A capacity lease not renewed for this long (its worker died) is free again."""
     failpoints: tuple[str, ...] = ()
     """Crash tests only: points where the worker kills itself (``modelrunner.failpoints``); empty in service."""
+    log_level: str = "INFO"
+    """Level of the JSON log lines on stderr (``MR_LOG_LEVEL``); the entry point's ``-v`` makes it DEBUG."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -215,4 +228,5 @@ class Settings:
             capacity_target_percentage=_float(env, "CAPACITY_TARGET_PERCENTAGE", 1.0),
             capacity_lease_seconds=_float(env, "MR_CAPACITY_LEASE_SECONDS", 30.0),
             failpoints=_names(env, "MR_FAILPOINTS", ()),
+            log_level=_log_level(env, "MR_LOG_LEVEL"),
         )

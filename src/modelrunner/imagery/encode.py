@@ -129,7 +129,7 @@ def write_pixels(dataset: gdal.Dataset, pixels: np.ndarray) -> None:
     else:
         buffer = np.ascontiguousarray(pixels)
         spacing = (item, width * item, width * height * item)
-    dataset.WriteRaster(0, 0, width, height, memoryview(buffer).cast("B"), buf_xsize=width, buf_ysize=height,
+    dataset.WriteRaster(0, 0, width, height, buffer.data.cast("B"), buf_xsize=width, buf_ysize=height,
                         buf_type=data_type, band_list=list(range(1, bands + 1)), buf_pixel_space=spacing[0],
                         buf_line_space=spacing[1], buf_band_space=spacing[2])
 

@@ -193,7 +193,7 @@ def _fast_serializer(base: type) -> type:
     cls = _fast_serializers.get(base)
     if cls is None:
 
-        class FastAttributeValueSerializer(base):  # type: ignore[valid-type, misc]
+        class FastAttributeValueSerializer(base):  # type: ignore[misc]
             def _serialize(self, serialized: Any, value: Any, shape: Any, key: str) -> None:
                 if key and shape.name == "AttributeValue":
                     rendered = _render(value)

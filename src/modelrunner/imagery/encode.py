@@ -2,7 +2,7 @@
 
 GDAL writes every format: a MEM dataset holds the chip (with the chip's own georeferencing), and
 CreateCopy writes it to ``/vsimem/``. Each call uses a unique in-memory path, so threads can encode in
-parallel. Which format / compression pairs exist, and what they do, is :mod:`.formats` (and
+parallel. Which format / compression pairs exist, and what they do, is :mod:`~modelrunner.imagery.formats` (and
 ``doc/tile-formats.md``); pixels must already suit the pair (:mod:`.radiometry` makes them so), because
 GDAL would otherwise quietly mangle them (16-bit data clipped to 12-bit JPEG, float truncated to Byte PNG).
 

@@ -2,13 +2,15 @@
 
 Namespace ``OSML/ModelRunner``; metric names ``Duration`` (Seconds), ``Invocations``, ``Errors``,
 ``Throttles``, ``Retries`` (Count); each record carries exactly its operation's dimension set (the
-reference's table, section 9 of the interface notes; ``doc/operations.md`` lists them):
+reference's table, section 9 of the interface notes, plus ``Scheduling``, the operation the upstream
+runner v3 added for capacity scheduling; ``doc/operations.md`` lists them):
 
 ========================  ==========================  ==============================================
 Operation                 other dimensions            when
 ========================  ==========================  ==============================================
 ImageProcessing           ModelName, InputFormat      once per job, at completion (+ Tiles, Features)
-RegionProcessing          ModelName, InputFormat      once per region (+ Tiles, Features)
+RegionProcessing          ModelName, InputFormat      once per region (+ Tiles, Features); Throttles
+                                                      alone for a region held back for capacity
 TileGeneration            InputFormat                 per tile cut and encoded
 TileProcessing            ModelName                   per tile, end to end
 ModelInvocation           ModelName                   per endpoint call (+ Retries, Throttles)
@@ -17,6 +19,8 @@ FeatureStorage            (none)                      per feature-table write
 FeatureAggregation        (none)                      per job: reading the regions' results back
 FeatureSelection          (none)                      per job: merging across region seams
 FeatureDissemination      (none)                      per job and output written
+Scheduling                ModelName                   per capacity lease asked for (Waits, Capacity,
+                                                      InFlight); per region run (Throttles, Limit)
 ========================  ==========================  ==============================================
 
 Per-event figures (tiles, model calls, storage writes) are not one EMF record each: :meth:`Metrics.record`

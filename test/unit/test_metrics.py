@@ -13,6 +13,7 @@ import pytest
 
 from modelrunner.aws import AwsClients
 from modelrunner.config import Settings
+from modelrunner.errors import EndpointBusy
 from modelrunner.inference.detectors import SageMakerDetector
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import create_resources
@@ -24,7 +25,8 @@ from modelrunner.runner.region import process_region
 from modelrunner.runner.services import Services
 
 # The reference's table (interface notes, section 9): each operation's exact dimension set and the metric
-# names it must carry. Tiles/Features/Throttles on the region and image records are ours, and extra.
+# names it must carry. Tiles/Features/Throttles on the region and image records are ours, and extra;
+# Scheduling is the upstream runner v3's operation (capacity scheduling), its names depend on the record.
 EXPECTED = {
     "ImageProcessing": ({"Operation", "ModelName", "InputFormat"}, {"Duration", "Invocations", "Errors"}),
     "RegionProcessing": ({"Operation", "ModelName", "InputFormat"}, {"Duration", "Invocations", "Throttles"}),
@@ -36,9 +38,11 @@ EXPECTED = {
     "FeatureAggregation": ({"Operation"}, {"Invocations", "Duration"}),
     "FeatureSelection": ({"Operation"}, {"Duration"}),
     "FeatureDissemination": ({"Operation"}, {"Duration"}),
+    "Scheduling": ({"Operation", "ModelName"}, set()),
 }
 UNITS = {"Duration": "Seconds", "Invocations": "Count", "Errors": "Count", "Throttles": "Count", "Retries": "Count",
-         "Tiles": "Count", "Features": "Count"}
+         "Tiles": "Count", "Features": "Count", "Waits": "Count", "Capacity": "Count", "InFlight": "Count",
+         "Limit": "Count"}
 
 
 class FakeRuntime:
@@ -63,6 +67,26 @@ def parse(lines: str) -> list[dict[str, Any]]:
     records = [json.loads(line) for line in lines.splitlines() if line.strip()]
     assert records, "no EMF output"
     return records
+
+
+def check(record: dict[str, Any], names: set[str] | None = None) -> str:
+    """Namespace, the operation's exact dimension set, ``names`` (default: the operation's required ones)
+    present, known units; returns the operation."""
+    meta = record["_aws"]
+    assert isinstance(meta["Timestamp"], int)
+    [directive] = meta["CloudWatchMetrics"]
+    assert directive["Namespace"] == NAMESPACE
+    [dimensions] = directive["Dimensions"]  # exactly one dimension set, no library defaults
+    operation = str(record["Operation"])
+    want_dims, want_names = EXPECTED[operation]
+    assert set(dimensions) == want_dims, operation
+    present = {m["Name"] for m in directive["Metrics"]}
+    assert (want_names if names is None else names) <= present, (operation, present)
+    assert present <= set(UNITS), present
+    for metric in directive["Metrics"]:
+        assert metric["Unit"] == UNITS[metric["Name"]]
+        assert metric["Name"] in record
+    return operation
 
 
 def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_path: Any) -> None:
@@ -95,21 +119,7 @@ def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_pa
     records = parse(out.getvalue())
     by_operation: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        meta = record["_aws"]
-        assert isinstance(meta["Timestamp"], int)
-        [directive] = meta["CloudWatchMetrics"]
-        assert directive["Namespace"] == NAMESPACE
-        [dimensions] = directive["Dimensions"]  # exactly one dimension set, no library defaults
-        operation = record["Operation"]
-        want_dims, want_names = EXPECTED[operation]
-        assert set(dimensions) == want_dims, operation
-        names = {m["Name"] for m in directive["Metrics"]}
-        assert want_names <= names, (operation, names)
-        assert names <= set(UNITS), names
-        for metric in directive["Metrics"]:
-            assert metric["Unit"] == UNITS[metric["Name"]]
-            assert metric["Name"] in record
-        by_operation[operation].append(record)
+        by_operation[check(record)].append(record)
     assert set(by_operation) == set(EXPECTED)
 
     def total(operation: str, name: str) -> float:
@@ -130,6 +140,12 @@ def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_pa
     assert {r["InputFormat"] for r in by_operation["TileGeneration"]} == {"GTIFF"}
     assert len(by_operation["RegionProcessing"]) == len(rows) == 4
     assert total("RegionProcessing", "Tiles") == tiles
+    assert total("RegionProcessing", "Throttles") == 0  # every region ran
+    # The endpoint's capacity is unknown (moto has no such endpoint): no lease, one record per region run
+    # with the throttles its tiles met and this worker's adaptive limit.
+    scheduling = by_operation["Scheduling"]
+    assert len(scheduling) == 4 and {r["ModelName"] for r in scheduling} == {"my-endpoint"}
+    assert [(r["Throttles"], r["Limit"]) for r in scheduling] == [(0, 2)] * 4
     [image] = by_operation["ImageProcessing"]
     assert (image["ModelName"], image["InputFormat"], image["Invocations"], image["Errors"]) == (
         "my-endpoint", "GTIFF", 1, 0)
@@ -137,6 +153,36 @@ def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_pa
     assert image["Tiles"] == tiles and image["Features"] >= 1
     assert total("FeatureDissemination", "Invocations") == 1  # one output
     assert samples("FeatureStorage") >= 1
+
+
+def test_a_region_held_back_for_capacity_is_a_throttled_region(moto_aws: None) -> None:
+    """The reference's self-throttled region: RegionProcessing Throttles 1, and nothing of the region runs."""
+    res = create_resources(None, prefix="busy")
+    settings = Settings(aws_region="us-east-1", job_table=res.job_table, region_table=res.region_table,
+                        endpoint_table=res.endpoint_table, feature_table=res.feature_table,
+                        image_queue=res.image_queue, region_queue=res.region_queue, workers=2)
+    services = Services.create(settings, AwsClients("us-east-1"))
+    out = io.StringIO()
+    services.metrics = Metrics(out=out)
+    services.capacity = lambda region: 2  # type: ignore[method-assign]
+    assert services.leases is not None
+    assert services.leases.acquire("my-endpoint", "another-worker/r1", want=2, capacity=2) == 2
+    request = ImageRequest.from_dict({
+        "jobId": "busy", "imageUrls": ["s3://images/scene.ntf"], "imageProcessor": {"name": "my-endpoint"},
+        "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": ""}]})
+    region = RegionRequest.for_image(request, ((0, 0), (1024, 1024)), "NITF")
+
+    with pytest.raises(EndpointBusy):
+        process_region(services, region, job={})
+
+    records = parse(out.getvalue())
+    assert {check(r, names=set()) for r in records} == {"Scheduling", "RegionProcessing"}
+    [throttled] = [r for r in records if r["Operation"] == "RegionProcessing"]
+    assert (throttled["ModelName"], throttled["InputFormat"], throttled["Throttles"]) == ("my-endpoint", "NITF", 1)
+    assert {m["Name"] for m in throttled["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {"Throttles"}
+    [wait] = [r for r in records if r["Operation"] == "Scheduling"]
+    assert (wait["Waits"], wait["Capacity"]) == (1, 2)
+    assert services.regions.all(request.image_id) == []  # the region never started
 
 
 def test_events_are_written_a_hundred_values_a_record() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import ModelRunnerError
+from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import Feature, geolocate
 from ..features.seams import FeatureSet, Window, merge_seams
 from ..imagery.geolocate import Geolocator, Georeference
@@ -79,9 +79,18 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
 
     A region that cannot be processed (its image cannot be read, say) ends FAILED with the reason and is
     counted; an AWS error after boto3's retries is raised instead, leaving the region unfinished, so that
-    its message comes back and the region is run again."""
-    with endpoint_lease(services, region) as concurrency:
-        return _process(services, region, job, abort, concurrency)
+    its message comes back and the region is run again.
+
+    A region whose endpoint is at capacity (:class:`EndpointBusy`, ``runner/schedule.py``) does not start:
+    it is the reference's self-throttled region, counted as one ``RegionProcessing`` ``Throttles``."""
+    try:
+        with endpoint_lease(services, region) as concurrency:
+            return _process(services, region, job, abort, concurrency)
+    except EndpointBusy:
+        services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
+                                                   "InputFormat": input_format(region.image_extension)},
+                              {"Throttles": (1, "Count")})
+        raise
 
 
 def _process(services: Services, region: RegionRequest, job: dict[str, Any], abort: threading.Event | None,
@@ -117,7 +126,7 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, result.failed)
-        # Throttles: regions are never held back for endpoint capacity here (no self-throttling).
+        # Throttles 0: this region ran; one held back for endpoint capacity has a record of its own (above).
         services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
                                                    "InputFormat": input_format(region.image_extension)},
                               {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),

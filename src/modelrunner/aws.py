@@ -61,7 +61,8 @@ class AwsClients:
                 kwargs: dict[str, Any] = {"region_name": self.region, "config": Config(**options)}
                 if service in self._endpoint_urls:
                     kwargs["endpoint_url"] = self._endpoint_urls[service]
-                self._clients[key] = self.session.client(service, **kwargs)
+                # The stubs type each service by a literal name; this method takes any.
+                self._clients[key] = self.session.client(service, **kwargs)  # type: ignore[call-overload]
             return self._clients[key]
 
     def warm(self, services: tuple[str, ...] = WORKER_SERVICES) -> None:
@@ -120,14 +121,19 @@ class AwsClients:
                     "token": creds["SessionToken"], "expiry_time": creds["Expiration"].isoformat()}
 
         core = BotocoreSession()
-        core._credentials = DeferredRefreshableCredentials(refresh_using=refresh, method="sts-assume-role")
+        # botocore has no public setter for deferred (refresh-on-first-use) credentials.
+        core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
+            refresh_using=refresh, method="sts-assume-role")
         return boto3.Session(botocore_session=core, region_name=self.region)
 
     def assumed_credentials(self, role_arn: str) -> dict[str, str]:
         """Frozen credentials of an assumed role, for GDAL's ``/vsis3/`` (which reads its own options)."""
-        creds = self.for_role(role_arn).session.get_credentials().get_frozen_credentials()
+        credentials = self.for_role(role_arn).session.get_credentials()
+        if credentials is None:  # never for an assumed-role session; a clear error rather than AttributeError
+            raise RuntimeError(f"no credentials for role {role_arn}")
+        creds = credentials.get_frozen_credentials()
         redact.register(creds.access_key, creds.secret_key, creds.token)
-        return {"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        return {"AWS_ACCESS_KEY_ID": creds.access_key or "", "AWS_SECRET_ACCESS_KEY": creds.secret_key or "",
                 "AWS_SESSION_TOKEN": creds.token or ""}
 
 

@@ -24,6 +24,7 @@ def _worker(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"modelrunner worker: {err}", file=sys.stderr)
         return 2
+    configure_logging(args.verbose, level=settings.log_level)
     configure_gdal()
     services = Services.create(settings, metrics=not args.no_metrics)
     services.aws.warm()
@@ -79,7 +80,7 @@ def _status(args: argparse.Namespace) -> int:
         if not job:
             print(f"no job {args.job_id}", file=sys.stderr)
             return 1
-        rows = regions.all(image_id)
+        rows = regions.all(str(image_id))
         done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
         events = timeline(job, rows)
         for line in events[printed:]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 _TRUE = ("true", "True", "TRUE", "1", "yes")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -88,6 +89,16 @@ def _extension(raw: str) -> str:
     (``tif`` and ``.tif`` both mean ``.tif``; empty means the default)."""
     value = raw.strip() or ".tif"
     return value if value.startswith(".") else "." + value
+
+
+def _log_level(env: Mapping[str, str], name: str) -> str:
+    """A logging level name (any case); a typo stops the worker rather than silently logging at INFO."""
+    raw = env.get(name, "").strip().upper()
+    if not raw:
+        return "INFO"
+    if raw not in LOG_LEVELS:
+        raise ConfigError(name, f"must be one of {', '.join(LOG_LEVELS)}, got {env[name]!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,8 @@ class Settings:
     """Crash tests only: points where the worker kills itself (``modelrunner.failpoints``); empty in service."""
     heartbeat_file: str | None = None
     """File whose mtime the worker loop sets on every poll (``liveness.py``); the container's HEALTHCHECK."""
+    log_level: str = "INFO"
+    """Level of the JSON log lines on stderr (``MR_LOG_LEVEL``); the entry point's ``-v`` makes it DEBUG."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -218,4 +231,5 @@ class Settings:
             capacity_lease_seconds=_float(env, "MR_CAPACITY_LEASE_SECONDS", 30.0),
             failpoints=_names(env, "MR_FAILPOINTS", ()),
             heartbeat_file=env.get("MR_HEARTBEAT_FILE", "").strip() or None,
+            log_level=_log_level(env, "MR_LOG_LEVEL"),
         )

@@ -45,7 +45,7 @@ Resolver = Callable[[str], Sequence[str]]
 def _resolve(host: str) -> list[str]:
     """The addresses a host name resolves to (empty when it does not resolve: the call will fail anyway)."""
     try:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
     except (socket.gaierror, UnicodeError):
         return []
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import logs
 from .aws import is_transient
 from .errors import EndpointBusy, RequestError
 from .liveness import beat
@@ -211,6 +212,7 @@ class Worker:
             log.exception("error while polling or settling a message")
             time.sleep(1)
         finally:
+            logs.clear()  # the next message's lines carry its own job, region and tile
             _return_free_memory()
         return False
 
@@ -238,6 +240,7 @@ class Worker:
             self.services.policy.check_model(request.model_invoke_mode, request.model_name)
         except RequestError as err:
             return self._reject_image(message, err)
+        logs.bind(job_id=request.job_id, image_id=request.image_id)
         try:
             if receive_count(message) > self.settings.max_receive_count:
                 stuck = self._stuck_image(request, receive_count(message))
@@ -256,7 +259,7 @@ class Worker:
         try:
             raw = json.loads(message["Body"])
             if isinstance(raw, dict):
-                job_id = raw.get("jobId") if isinstance(raw.get("jobId"), str) else ""
+                job_id = str(raw["jobId"]) if isinstance(raw.get("jobId"), str) else ""
                 urls = raw.get("imageUrls")
                 url = urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else ""
         except (ValueError, TypeError):
@@ -308,6 +311,7 @@ class Worker:
             self.services.policy.check_model(region.model_invoke_mode, region.model_name, "model_name")
         except RequestError as err:
             return self._reject_region(message, err)
+        logs.bind(job_id=region.job_id, image_id=region.image_id, region_id=region.region_id)
         try:
             job = self.services.jobs.get(region.image_id)
             if not job:
@@ -338,8 +342,8 @@ class Worker:
             raw = json.loads(message["Body"])
         except (ValueError, TypeError):
             raw = None
-        job_id = raw.get("job_id") if isinstance(raw, dict) and isinstance(raw.get("job_id"), str) else ""
-        url = raw.get("image_url") if isinstance(raw, dict) and isinstance(raw.get("image_url"), str) else ""
+        job_id = str(raw["job_id"]) if isinstance(raw, dict) and isinstance(raw.get("job_id"), str) else ""
+        url = str(raw["image_url"]) if isinstance(raw, dict) and isinstance(raw.get("image_url"), str) else ""
         url = redact(url)
         if not _usable_key(job_id, url):
             job_id, url = f"unknown-{message.get('MessageId', '')}", ""
@@ -357,7 +361,9 @@ class Worker:
     def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> Outcome:
         """Process the region, then complete its job if it was the last. Kept (RETRY_LATER) while another
         worker holds the completion, so that the message comes back should that worker die."""
+        logs.bind(region_id=region.region_id)
         process_region(self.services, region, job=job, abort=self.abort)
+        logs.bind(region_id=None)
         _return_free_memory()  # the region's tiles are gone; the completion needs room
         return Outcome.DONE if maybe_complete(self.services, region.image_id) else Outcome.RETRY_LATER
 

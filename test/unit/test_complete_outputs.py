@@ -15,6 +15,7 @@ import pytest
 from modelrunner.failpoints import Failpoints
 from modelrunner.local.job_features import job_feature_texts
 from modelrunner.local.stack import create_resources
+from modelrunner.metrics import Metrics
 from modelrunner.requests import ImageRequest
 from modelrunner.runner.complete import _write_output
 from modelrunner.state.jobs import JobStore
@@ -30,7 +31,8 @@ def env(moto_aws: None) -> SimpleNamespace:
     jobs = JobStore(boto3.client("dynamodb"), res.job_table)
     clients = SimpleNamespace(kinesis=kinesis, s3=boto3.client("s3"))
     services = SimpleNamespace(aws=SimpleNamespace(for_role=lambda role: clients), jobs=jobs,
-                               settings=SimpleNamespace(kinesis_shard_limits=True), failpoints=Failpoints())
+                               settings=SimpleNamespace(kinesis_shard_limits=True), failpoints=Failpoints(),
+                               metrics=Metrics(enabled=False))
     return SimpleNamespace(res=res, kinesis=kinesis, jobs=jobs, services=services, s3=clients.s3)
 
 

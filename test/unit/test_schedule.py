@@ -65,6 +65,15 @@ def test_leases_never_grant_more_than_the_capacity(leases):
     assert leases.acquire("other", "w3/r2", want=3, capacity=4) == 3  # another endpoint is not held up
 
 
+def test_an_item_the_reference_left_is_taken_over(leases):
+    # The reference's self-throttling writes the endpoint's item without our version attribute.
+    leases.client.put_item(TableName=leases.table, Item={"endpoint": {"S": "ep"}, "max_regions": {"N": "5"},
+                                                         "regions_in_progress": {"N": "0"}})
+    assert leases.acquire("ep", "w1/r1", want=3, capacity=4) == 3
+    assert leases.acquire("ep", "w2/r1", want=3, capacity=4) == 1  # versioned from then on
+    assert leases.in_flight("ep") == 4
+
+
 def test_a_holder_alone_always_runs(leases):
     assert leases.acquire("ep", "w1/r1", want=8, capacity=4) == 4
     assert leases.acquire("ep", "w1/r1", want=8, capacity=4) == 4  # its own lease is not in its way

@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import shapely.errors
@@ -384,7 +384,7 @@ def _plain_classes(all_props: list[dict[str, Any]]) -> bool:
     classes = [props.get("featureClasses") for props in all_props]
     if not _only(classes, list):
         return False
-    entries = list(chain.from_iterable(classes))
+    entries = list(chain.from_iterable(cast(list[list[Any]], classes)))
     return _only(entries, dict) and all(map(operator.contains, entries, repeat("iri")))
 
 

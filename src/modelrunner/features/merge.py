@@ -127,8 +127,10 @@ def _metric_columns(
     area_b = (bx2 - bx1) * (by2 - by1)
     with np.errstate(divide="ignore", invalid="ignore"):
         if metric == "IOU":
-            return inter / (area_a + area_b - inter)
-        return inter / np.minimum(area_a, area_b)
+            iou: FloatArray = inter / (area_a + area_b - inter)
+            return iou
+        ios: FloatArray = inter / np.minimum(area_a, area_b)
+        return ios
 
 
 def box_metric(a: ArrayLike, b: ArrayLike, metric: str = "IOU") -> FloatArray:

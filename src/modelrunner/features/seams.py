@@ -265,8 +265,9 @@ def _reaching(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
     """Which boxes overlap (with positive area) at least one of the windows."""
     if len(windows) == 0 or len(boxes) == 0:
         return np.zeros(len(boxes), dtype=bool)
-    return ((boxes[:, None, 0] < windows[None, :, 2]) & (boxes[:, None, 2] > windows[None, :, 0])
-            & (boxes[:, None, 1] < windows[None, :, 3]) & (boxes[:, None, 3] > windows[None, :, 1])).any(axis=1)
+    return np.asarray(((boxes[:, None, 0] < windows[None, :, 2]) & (boxes[:, None, 2] > windows[None, :, 0])
+                       & (boxes[:, None, 1] < windows[None, :, 3]) & (boxes[:, None, 3] > windows[None, :, 1]))
+                      .any(axis=1))
 
 
 def merge_seams(parts: Sequence[tuple[Window, FeatureSet]], option: DistillationOption,
@@ -359,5 +360,5 @@ def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relo
     if features is None:
         return FeatureSet.of(distill(candidates.features(), option, relocate, truncated=truncated))
     text_of = {id(f): t for f, t in zip(features, candidates.texts, strict=True)}
-    kept = distill(features, option, relocate, truncated=truncated)
-    return FeatureSet.of(kept, [text_of.get(id(f)) or feature_text(f) for f in kept])
+    distilled = distill(features, option, relocate, truncated=truncated)
+    return FeatureSet.of(distilled, [text_of.get(id(f)) or feature_text(f) for f in distilled])

@@ -119,7 +119,7 @@ class ElevationSampler:
         return out
 
     def _read(self, col: int, row: int, width: int, height: int) -> np.ndarray:
-        window = self._band.ReadAsArray(col, row, width, height).astype(np.float64)
+        window: np.ndarray = self._band.ReadAsArray(col, row, width, height).astype(np.float64)
         invalid = ~np.isfinite(window)
         if self._nodata is not None:
             invalid |= window == self._nodata
@@ -136,4 +136,5 @@ def _bilinear(window: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     fx, fy = np.clip(x - x0, 0.0, 1.0), np.clip(y - y0, 0.0, 1.0)
     top = window[y0, x0] * (1 - fx) + window[y0, x1] * fx
     bottom = window[y1, x0] * (1 - fx) + window[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    value: np.ndarray = top * (1 - fy) + bottom * fy
+    return value

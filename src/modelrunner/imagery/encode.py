@@ -2,7 +2,7 @@
 
 GDAL writes every format: a MEM dataset holds the chip (with the chip's own georeferencing), and
 CreateCopy writes it to ``/vsimem/``. Each call uses a unique in-memory path, so threads can encode in
-parallel. Which format / compression pairs exist, and what they do, is :mod:`.formats` (and
+parallel. Which format / compression pairs exist, and what they do, is :mod:`~modelrunner.imagery.formats` (and
 ``doc/tile-formats.md``); pixels must already suit the pair (:mod:`.radiometry` makes them so), because
 GDAL would otherwise quietly mangle them (16-bit data clipped to 12-bit JPEG, float truncated to Byte PNG).
 
@@ -129,7 +129,7 @@ def write_pixels(dataset: gdal.Dataset, pixels: np.ndarray) -> None:
     else:
         buffer = np.ascontiguousarray(pixels)
         spacing = (item, width * item, width * height * item)
-    dataset.WriteRaster(0, 0, width, height, memoryview(buffer).cast("B"), buf_xsize=width, buf_ysize=height,
+    dataset.WriteRaster(0, 0, width, height, buffer.data.cast("B"), buf_xsize=width, buf_ysize=height,
                         buf_type=data_type, band_list=list(range(1, bands + 1)), buf_pixel_space=spacing[0],
                         buf_line_space=spacing[1], buf_band_space=spacing[2])
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 import numpy as np
+import numpy.typing as npt
 from osgeo import gdal, osr
 
 from ..errors import ImageError
@@ -112,7 +113,7 @@ class Geolocator:
                         georef.kind, err)
             return None
 
-    def to_world(self, xy: np.ndarray) -> np.ndarray:
+    def to_world(self, xy: npt.ArrayLike) -> np.ndarray:
         """(n, 2) pixel x, y -> (n, 3) lon, lat, elevation (0 without a DEM)."""
         points = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         if len(points) == 0:

@@ -175,13 +175,13 @@ class ImageSource:
             raise ImageError(f"cannot read window col={col} row={row} {width}x{height} of {self.url}: {err}") from None
         if array is None:
             raise ImageError(f"cannot read window col={col} row={row} {width}x{height} of {self.url}")
-        return array.reshape((self.info.band_count, height, width))
+        return np.asarray(array).reshape((self.info.band_count, height, width))
 
     def metadata(self, domain: str = "") -> dict[str, Any]:
         return dict(self.dataset.GetMetadata_Dict(domain) or {})
 
     def close(self) -> None:
-        self.dataset = None  # type: ignore[assignment]
+        self.dataset = None
         if self._credential_prefix is not None:
             _read_credentials.release(self._credential_prefix)
             self._credential_prefix = None

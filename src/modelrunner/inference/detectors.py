@@ -13,14 +13,21 @@ configured off.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import InferenceError
+
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+
+#: SageMaker error codes that mean the endpoint throttled the call (counted as ModelInvocation Throttles).
+THROTTLING_CODES = ("ThrottlingException", "TooManyRequestsException", "Throttling")
 
 # imageProcessorParameters that reach InvokeEndpoint (the upstream runner's list).
 SAGEMAKER_PARAMETERS = ("ContentType", "Accept", "CustomAttributes", "TargetModel", "TargetVariant",
@@ -72,22 +79,41 @@ _SAGEMAKER_DOWN = ("ValidationError", "AccessDeniedException", "UnrecognizedClie
 class SageMakerDetector:
     """SageMaker runtime ``InvokeEndpoint``; transport retries are botocore's (adaptive mode, ``aws.py``)."""
 
-    def __init__(self, client: Any, endpoint: str, parameters: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, client: Any, endpoint: str, parameters: Mapping[str, Any] | None = None, *,
+                 metrics: Metrics | None = None) -> None:
         self.client = client
         self.name = endpoint
         self.parameters = {k: v for k, v in (parameters or {}).items() if k in SAGEMAKER_PARAMETERS}
+        self.metrics = metrics
 
     def __call__(self, payload: bytes) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
             response = self.client.invoke_endpoint(EndpointName=self.name, Body=payload, **self.parameters)
             body = response["Body"].read()
         except ClientError as err:
+            # botocore's retries are over; the attempts it made are in the error's metadata.
             code = err.response.get("Error", {}).get("Code", "")
+            throttled = code in THROTTLING_CODES
+            if self.metrics is not None:
+                self.metrics.record("ModelInvocation", {"ModelName": self.name}, time.perf_counter() - started,
+                                    error=True, retries=_retries(err.response), throttles=int(throttled))
             raise InferenceError(f"SageMaker endpoint {self.name}: {err}", endpoint_down=code in _SAGEMAKER_DOWN,
-                                 throttled=code in ("ThrottlingException", "TooManyRequestsException")) from None
+                                 throttled=throttled) from None
         except BotoCoreError as err:
+            if self.metrics is not None:
+                self.metrics.record("ModelInvocation", {"ModelName": self.name}, time.perf_counter() - started,
+                                    error=True, retries=0)
             raise InferenceError(f"SageMaker endpoint {self.name}: {err}") from None
+        if self.metrics is not None:
+            self.metrics.record("ModelInvocation", {"ModelName": self.name}, time.perf_counter() - started,
+                                retries=_retries(response))
         return _parse(body, f"SageMaker endpoint {self.name}")
+
+
+def _retries(response: Mapping[str, Any]) -> int:
+    """How many times botocore retried the call (``ResponseMetadata.RetryAttempts``)."""
+    return int(response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
 
 
 class HttpDetector:
@@ -100,8 +126,9 @@ class HttpDetector:
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 60.0, verify_tls: bool = True,
                  content_type: str = "application/octet-stream",
-                 parameters: Mapping[str, Any] | None = None) -> None:
+                 parameters: Mapping[str, Any] | None = None, metrics: Metrics | None = None) -> None:
         self.name = url
+        self.metrics = metrics
         # One quick reconnect for a keep-alive connection the server closed; every other retry is the tile
         # step's, with its back-off. Never a redirect.
         retry = urllib3.Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0, allowed_methods=None,
@@ -115,16 +142,31 @@ class HttpDetector:
             self.headers[header] = str(value)
 
     def __call__(self, payload: bytes) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
             response = self._pool.request("POST", self.name, body=payload, headers=self.headers)
         except urllib3.exceptions.HTTPError as err:
+            self._record(started, None, error=True)
             raise InferenceError(f"HTTP endpoint {self.name}: {err}") from None
+        self._record(started, response, error=not 200 <= response.status < 300)
         if not 200 <= response.status < 300:
             raise InferenceError(f"HTTP endpoint {self.name} answered {response.status}: {response.data[:200]!r}",
                                  retriable=response.status in self.RETRY_STATUSES,
                                  endpoint_down=response.status in self.DOWN_STATUSES,
                                  throttled=response.status in (429, 503))
         return _parse(response.data, f"HTTP endpoint {self.name}")
+
+    def _record(self, started: float, response: urllib3.BaseHTTPResponse | None, *, error: bool) -> None:
+        """One ModelInvocation event; retries and 429 answers from urllib3's retry history."""
+        if self.metrics is None:
+            return
+        history = response.retries.history if response is not None and response.retries is not None else ()
+        throttled = sum(1 for attempt in history if attempt.status == 429)
+        if response is not None and response.status == 429:
+            throttled += 1
+        # The reference names HTTP endpoints' ModelInvocation records "http", not by URL.
+        self.metrics.record("ModelInvocation", {"ModelName": "http"}, time.perf_counter() - started, error=error,
+                            retries=len(history), throttles=throttled)
 
     def close(self) -> None:
         self._pool.clear()

@@ -87,7 +87,7 @@ class LeanInvoker:
     def url(self, kwargs: Mapping[str, Any]) -> str:
         """The URL of ``invoke_endpoint(**kwargs)``: the client's endpoint and the operation's path."""
         name = urllib.parse.quote(str(kwargs["EndpointName"]), safe="~")
-        return self._client.meta.endpoint_url.rstrip("/") + self._path.replace("{EndpointName}", name)
+        return str(self._client.meta.endpoint_url).rstrip("/") + str(self._path).replace("{EndpointName}", name)
 
     def request(self, kwargs: Mapping[str, Any]) -> AWSRequest:
         """The signed request botocore would send for ``invoke_endpoint(**kwargs)`` (less its SDK headers)."""
@@ -102,18 +102,18 @@ class LeanInvoker:
     def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
         """``invoke_endpoint`` as botocore answers it (``Body`` a readable stream, ``ContentType``, ...)."""
         if not self.fast or not set(kwargs) <= {"EndpointName", "Body", *self._headers}:
-            return self._client.invoke_endpoint(**kwargs)
+            return self._botocore(kwargs)
         if not self.checked:
             return self._checking_call(kwargs)
         request = self.request(kwargs)
         try:
-            response = self._connections().request("POST", request.url, body=request.data,
+            response = self._connections().request("POST", str(request.url), body=request.data,
                                                    headers=dict(request.headers.items()), preload_content=True)
         except urllib3.exceptions.HTTPError:
             response = None
         if response is None or not 200 <= response.status < 300:
             self.fast = False  # from here on botocore's retries, rate limit and errors, as before
-            return self._client.invoke_endpoint(**kwargs)
+            return self._botocore(kwargs)
         answer: dict[str, Any] = {key: response.headers[header] for key, header in self._answer_headers.items()
                                   if header in response.headers}
         answer["Body"] = io.BytesIO(response.data)
@@ -122,11 +122,16 @@ class LeanInvoker:
             "RequestId": response.headers.get("x-amzn-RequestId", ""), "RetryAttempts": 0}
         return answer
 
+    def _botocore(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The call through botocore's client (retries, adaptive rate limit, its errors)."""
+        answer: dict[str, Any] = self._client.invoke_endpoint(**kwargs)
+        return answer
+
     def _checking_call(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``invoke_endpoint`` through botocore, its URL compared with :meth:`url`'s (:meth:`_check_url`)."""
         self._expected.url = self.url(kwargs)
         try:
-            return self._client.invoke_endpoint(**kwargs)
+            return self._botocore(kwargs)
         finally:
             self._expected.url = None
 

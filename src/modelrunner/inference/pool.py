@@ -7,9 +7,10 @@ by in-flight tiles, not by region or image size.
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
@@ -18,7 +19,7 @@ R = TypeVar("R")
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
-                backlog: int | None = None) -> Iterator[tuple[T, Future[R]]]:
+                backlog: int | None = None) -> Generator[tuple[T, Future[R]], None, None]:
     """Run ``fn`` over ``items`` on ``workers`` threads; yield (item, done future) as each finishes.
 
     At most ``workers + backlog`` items are in flight. Exceptions stay in the futures, so one failing item
@@ -33,8 +34,9 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
             while in_flight >= limit:
                 yield finished.get()
                 in_flight -= 1
-            future = pool.submit(fn, item)
-            future.add_done_callback(lambda f, item=item: finished.put((item, f)))
+            # Each item runs in a copy of the caller's context: log lines carry the job and region.
+            future = pool.submit(contextvars.copy_context().run, fn, item)
+            future.add_done_callback(lambda f, item=item: finished.put((item, f)))  # type: ignore[misc]
             in_flight += 1
             while True:
                 try:
@@ -54,7 +56,7 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
 _DONE = object()
 
 
-def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
     """Iterate ``items`` on a background thread, at most ``depth`` ahead of the consumer.
 
     The tile reader uses it so that reading the next strip of the image overlaps the model calls for the

@@ -61,7 +61,7 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, 1e-12)
+    return np.asarray(inter / np.maximum(union, 1e-12))
 
 
 def match_boxes(truth: ArrayLike, found: ArrayLike, min_iou: float = MIN_IOU) -> Accuracy:

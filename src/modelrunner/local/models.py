@@ -96,7 +96,7 @@ def decode_tile(tile_bytes: TileBytes) -> np.ndarray:
             raise TileDecodeError(f"cannot decode the tile's pixels: {err}") from err
     if pixels is None:
         raise TileDecodeError("cannot decode the tile's pixels")
-    return pixels[np.newaxis] if pixels.ndim == 2 else pixels
+    return np.asarray(pixels[np.newaxis] if pixels.ndim == 2 else pixels)
 
 
 def tile_digest(tile_bytes: TileBytes) -> str:

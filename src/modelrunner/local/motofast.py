@@ -39,7 +39,7 @@ import base64
 import json
 import sys
 import threading
-from typing import Any
+from typing import Any, cast
 
 _originals: dict[tuple[type, str], Any] = {}
 _lock = threading.Lock()
@@ -202,7 +202,7 @@ def _fast_serializer(base: type) -> type:
     cls = _fast_serializers.get(base)
     if cls is None:
 
-        class FastAttributeValueSerializer(base):  # type: ignore[valid-type, misc]
+        class FastAttributeValueSerializer(base):  # type: ignore[misc]
             def _serialize(self, serialized: Any, value: Any, shape: Any, key: str) -> None:
                 if key and shape.name == "AttributeValue":
                     rendered = _render(value)
@@ -238,7 +238,7 @@ def _shard_lock(shard: Any) -> threading.Lock:
     if lock is None:
         with _lock:
             lock = shard.__dict__.setdefault("_motofast_lock", threading.Lock())
-    return lock
+    return cast(threading.Lock, lock)
 
 
 def _locked_put_record(self: Any, *args: Any, **kwargs: Any) -> Any:

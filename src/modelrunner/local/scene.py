@@ -21,7 +21,7 @@ pixels and the same pixel -> world mapping through ``gdal.Transformer(ds, None, 
   ``sample = (lon - x0) / pixel_size - 0.5``; a model with ``SAMP_OFF = width / 2`` would be half a pixel
   off. No ``RPC_PIXEL_ERROR_THRESHOLD`` or other transformer option is needed: the pixel -> world
   direction inverts the RPC iteratively, and for a linear model the first iteration is exact.
-* NITF stores RPCs in the fixed-width RPC00B TRE: LINE_OFF / SAMP_OFF / *_SCALE in whole pixels,
+* NITF stores RPCs in the fixed-width RPC00B TRE: LINE_OFF / SAMP_OFF / ``*_SCALE`` in whole pixels,
   LAT/LONG offsets and scales with 4 decimals, coefficients with 7 significant digits; GDAL rounds the
   rest away (with a warning). So the model here is built in that precision: offsets near the scene centre
   rounded to representable values, scales near the half extent chosen so that the linear coefficients are

@@ -124,7 +124,7 @@ class Resources:
     extra: dict[str, str] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION,  # type: ignore[call-overload]
                             aws_access_key_id="testing", aws_secret_access_key="testing",
                             aws_session_token="testing")
 

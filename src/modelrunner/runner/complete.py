@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,6 +22,7 @@ from ..aws import is_transient
 from ..errors import SinkError
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
+from ..metrics import input_format
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
 from ..sinks.checkpoint import DeliveryCheckpoint, decode_chunks
@@ -145,11 +147,16 @@ def complete(services: Services, image_id: str) -> str | None:
     if duration is None:
         log.info("job %s was ended by another worker", request.job_id)
         return None
+    tiles = sum(int(r.get("total_tiles", 0)) for r in rows)
     services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
-                                              "InputFormat": str(job.get("image_extension", "UNKNOWN"))},
+                                              "InputFormat": input_format(job.get("image_extension"))},
                           {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
-                           "Errors": (1 if status != "SUCCESS" else 0, "Count")})
-    services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s, "Seconds")})
+                           "Errors": (1 if status != "SUCCESS" else 0, "Count"),
+                           "Tiles": (tiles, "Count"), "Features": (len(merged), "Count")})
+    services.metrics.emit("FeatureAggregation", {}, {"Duration": (read_s, "Seconds"), "Invocations": (1, "Count")})
+    services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s - read_s, "Seconds"),
+                                                   "Invocations": (1, "Count")})
+    services.metrics.flush()  # the outputs' FeatureDissemination records
     return status
 
 
@@ -198,7 +205,7 @@ def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink
     return status, f"{reason}: " + "; ".join(details) if details else reason
 
 
-def _write_output(services: Services, job_id: str, output: Output, features: JobFeatures, *,
+def _write_output(services: Services, job_id: str, output: Output, features: Iterable[dict[str, Any] | str], *,
                   request: ImageRequest | None = None,
                   job: dict[str, Any] | None = None) -> tuple[SinkResult | None, str | None]:
     """Write one output; (its result, None), or (None, why nothing could be written).
@@ -209,15 +216,17 @@ def _write_output(services: Services, job_id: str, output: Output, features: Job
     clients = services.aws.for_role(output.role)
     started = time.monotonic()
     try:
+        disseminate = services.metrics.timed("FeatureDissemination", {})
         if isinstance(output, S3Output):
             description = JobDescription.of(request, job) if request is not None and job is not None else None
-            result = write_s3(clients.s3, output, job_id, features, job=description)
+            result = disseminate(write_s3)(clients.s3, output, job_id, features, job=description)
             services.failpoints.hit("output.s3")
         else:
             stride = request.tile_size - request.tile_overlap if request is not None else 1024
-            result = write_kinesis(clients.kinesis, output, job_id, features, tile_stride=stride,
-                                   checkpoint=_checkpoint(services, job, output) if job is not None else None,
-                                   pace=services.settings.kinesis_shard_limits)
+            result = disseminate(write_kinesis)(
+                clients.kinesis, output, job_id, features, tile_stride=stride,
+                checkpoint=_checkpoint(services, job, output) if job is not None else None,
+                pace=services.settings.kinesis_shard_limits)
         log.info("job %s: %s took %d features in %.2f s (%d failed)", job_id, ", ".join(result.locations or
                  [result.sink]), result.features_written, time.monotonic() - started, result.features_failed)
         return result, None

@@ -73,8 +73,8 @@ def roi_in_pixels(roi_wkt: str, geolocator: Geolocator | None) -> shapely.Geomet
 
 
 def _extent(geometry: shapely.Geometry) -> float:
-    minx, miny, maxx, maxy = geometry.bounds
-    return max(maxx - minx, maxy - miny)
+    minx, miny, maxx, maxy = shapely.bounds(geometry)
+    return float(max(maxx - minx, maxy - miny))
 
 
 def plan_image(width: int, height: int, tile_size: int, overlap: int, region_size: tuple[int, int],
@@ -88,7 +88,7 @@ def plan_image(width: int, height: int, tile_size: int, overlap: int, region_siz
         raise ImageError(f"regionOfInterest does not intersect the image: it lies at pixels x {minx}..{maxx}, "
                          f"y {miny}..{maxy} of a {width} x {height} image")
     shapely.prepare(roi)
-    kept = []
+    kept: list[Region] = []
     for region in plan_regions(grid, region_size):
         (row, col), (w, h) = region.bounds
         if not shapely.intersects(roi, shapely.box(col, row, col + w, row + h)):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..errors import ModelRunnerError
+from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import Feature, geolocate
 from ..features.seams import FeatureSet, Window, merge_seams
 from ..imagery.geolocate import Geolocator, Georeference
@@ -23,12 +23,14 @@ from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
 from ..inference.pool import BatchWriter, bounded_map, prefetch
+from ..logs import bind
+from ..metrics import input_format
 from ..redact import redact
 from ..requests import DistillationOption, RegionRequest
 from .plan import plan_image
 from .schedule import endpoint_lease
 from .services import Services
-from .tiles import RetryPolicy, TileFailed, TileStep
+from .tiles import RetryPolicy, TileFailed, TileResult, TileStep
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
@@ -77,9 +79,18 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
 
     A region that cannot be processed (its image cannot be read, say) ends FAILED with the reason and is
     counted; an AWS error after boto3's retries is raised instead, leaving the region unfinished, so that
-    its message comes back and the region is run again."""
-    with endpoint_lease(services, region) as concurrency:
-        return _process(services, region, job, abort, concurrency)
+    its message comes back and the region is run again.
+
+    A region whose endpoint is at capacity (:class:`EndpointBusy`, ``runner/schedule.py``) does not start:
+    it is the reference's self-throttled region, counted as one ``RegionProcessing`` ``Throttles``."""
+    try:
+        with endpoint_lease(services, region) as concurrency:
+            return _process(services, region, job, abort, concurrency)
+    except EndpointBusy:
+        services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
+                                                   "InputFormat": input_format(region.image_extension)},
+                              {"Throttles": (1, "Count")})
+        raise
 
 
 def _process(services: Services, region: RegionRequest, job: dict[str, Any], abort: threading.Event | None,
@@ -116,10 +127,13 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, result.failed)
+        # Throttles 0: this region ran; one held back for endpoint capacity has a record of its own (above).
         services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
-                                                   "InputFormat": region.image_extension or "UNKNOWN"},
+                                                   "InputFormat": input_format(region.image_extension)},
                               {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),
-                               "Errors": (1 if status != "SUCCESS" else 0, "Count")})
+                               "Errors": (1 if status != "SUCCESS" else 0, "Count"), "Throttles": (0, "Count"),
+                               "Tiles": (result.total, "Count"), "Features": (len(result.merged), "Count")})
+    services.metrics.flush()  # the region's per-tile records
     return RegionOutcome(region.region_id, status, result.total, result.failed, len(result.merged), counted,
                          time.monotonic() - started)
 
@@ -228,6 +242,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
         georegister = geolocator is not None and _georegistration(job) != "NONE"
         to_world = geolocator.to_world if georegister and geolocator is not None else None
         relocate = relocator(to_world)
+        metrics = services.metrics
         step = TileStep(
             detector=services.detector(region), tile_format=region.tile_format,
             tile_compression=region.tile_compression, radiometry=_tile_radiometry(services, region, job, source),
@@ -236,17 +251,23 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             source_metadata=nitf_source_metadata(source),
             retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
                               settings.tile_retry_max_seconds),
-            max_features=settings.max_features_per_tile, abort=abort, limit=limit)
+            max_features=settings.max_features_per_tile, abort=abort, limit=limit,
+            metrics=metrics, input_format=input_format(region.image_extension))
+
+        @metrics.timed("TileProcessing", {"ModelName": region.model_name})
+        def run(work: _TileWork) -> TileResult:
+            bind(tile=work.tile.key)  # this tile's copy of the log context
+            return step(work.tile, work.pixels)
 
         parts: list[tuple[Window, FeatureSet]] = []
         last_progress = time.monotonic()
         # Raw features go to the feature table from a background thread, and the next strip is read while
         # the model works on this one: the loop below only hands out tiles and collects results.
-        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(services.features.put_items, 25)
+        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(
+            metrics.timed("FeatureStorage", {})(services.features.put_items), 25)
         tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
         try:
-            with contextlib.closing(bounded_map(lambda work: step(work.tile, work.pixels), tiles,
-                                                concurrency)) as results:
+            with contextlib.closing(bounded_map(run, tiles, concurrency)) as results:
                 for work, future in results:
                     if abort is not None and abort.is_set():
                         raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
@@ -254,7 +275,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
                     try:
                         tile_result = future.result()
                     except TileFailed as err:  # recorded with its reason, never hidden, never fatal
-                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err.reason)
+                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err.reason,
+                                    extra={"tile": tile.key})
                         result.fail(tile.key, err.reason)
                         continue
                     except Exception as err:  # an unexpected error in our own tile code: the same, loudly

@@ -29,12 +29,13 @@ def endpoint_lease(services: Services, region: RegionRequest) -> Iterator[int]:
     settings = services.settings
     capacity = services.capacity(region) if settings.scheduler_throttling_enabled and settings.endpoint_table \
         else None
-    if capacity is None:  # not scheduled: this worker's thread pool is the only limit
+    leases = services.leases
+    if capacity is None or leases is None:  # not scheduled: this worker's thread pool is the only limit
         yield settings.workers
         return
     holder = f"{services.worker_id}/{region.region_id}"
     dimensions = {"ModelName": region.model_name}
-    granted = services.leases.acquire(region.model_name, holder, settings.workers, capacity)
+    granted = leases.acquire(region.model_name, holder, settings.workers, capacity)
     if granted == 0:
         services.metrics.emit("Scheduling", dimensions, {"Waits": (1, "Count"), "Capacity": (capacity, "Count")})
         raise EndpointBusy(f"endpoint {region.model_name} is at its capacity of {capacity} concurrent tiles: "
@@ -46,7 +47,7 @@ def endpoint_lease(services: Services, region: RegionRequest) -> Iterator[int]:
     def renew() -> None:
         while not stop.wait(settings.capacity_lease_seconds / 3):
             try:
-                if not services.leases.renew(region.model_name, holder):
+                if not leases.renew(region.model_name, holder):
                     log.warning("capacity lease of %s on %s lapsed", region.region_id, region.model_name)
             except Exception:  # the next renewal tries again
                 log.exception("could not renew the capacity lease of %s", region.region_id)
@@ -59,6 +60,6 @@ def endpoint_lease(services: Services, region: RegionRequest) -> Iterator[int]:
         stop.set()
         renewer.join()
         try:
-            services.leases.release(region.model_name, holder)
+            leases.release(region.model_name, holder)
         except Exception:  # it expires on its own
             log.exception("could not release the capacity lease of %s", region.region_id)

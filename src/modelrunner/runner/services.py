@@ -96,9 +96,10 @@ class Services:
                     self._detectors[key] = HttpDetector(
                         region.model_name, pool_size=self.settings.workers, timeout=self.settings.http_timeout,
                         verify_tls=self.settings.http_verify_tls, parameters=region.model_parameters,
-                        content_type=TILE_CONTENT_TYPES.get(region.tile_format, "application/octet-stream"))
+                        content_type=TILE_CONTENT_TYPES.get(region.tile_format, "application/octet-stream"),
+                        metrics=self.metrics)
                 else:
                     clients = self.aws.for_role(region.model_invocation_role)
                     self._detectors[key] = SageMakerDetector(
-                        clients.sagemaker_runtime, region.model_name, region.model_parameters)
+                        clients.sagemaker_runtime, region.model_name, region.model_parameters, metrics=self.metrics)
             return self._detectors[key]

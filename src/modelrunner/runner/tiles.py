@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry
 from ..inference.detectors import Detector
 from ..inference.limits import AdaptiveLimit
+from ..metrics import Metrics
 from ..requests import DistillationOption
 from .plan import ImagePlan
 
@@ -44,7 +46,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): uniform in [0, min(max, base * 2^(n-1))]."""
-        return rng() * min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        return float(rng() * min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1)))
 
 
 class TileFailed(Exception):
@@ -85,15 +87,19 @@ class TileStep:
     abort: threading.Event | None = None
     limit: AdaptiveLimit | None = None
     """This worker's concurrency limit for the endpoint (lowered while it throttles)."""
+    metrics: Metrics | None = None
+    input_format: str = "UNKNOWN"  # the TileGeneration records' InputFormat
 
     def __post_init__(self) -> None:
         self._down: str | None = None  # set once the endpoint said it cannot serve us
+        self._encode = encode_tile if self.metrics is None else \
+            self.metrics.timed("TileGeneration", {"InputFormat": self.input_format})(encode_tile)
 
     def __call__(self, tile: Tile, pixels: np.ndarray) -> TileResult:
         if not self.radiometry.identity:
             pixels = self.radiometry.apply(pixels)
-        payload = encode_tile(pixels, self.tile_format, self.tile_compression,
-                              self.georef.for_chip(tile.col, tile.row) if self.georef else None)
+        payload = self._encode(pixels, self.tile_format, self.tile_compression,
+                               self.georef.for_chip(tile.col, tile.row) if self.georef else None)
         features = self._detect(tile, payload)
         tile_set = FeatureSet.of(features, texts := [feature_text(f) for f in features])
         if self.option.algorithm_type == "SOFT_NMS":  # decayed once, at completion
@@ -110,7 +116,11 @@ class TileStep:
             try:
                 answer = self._call(payload)
                 inference_dt = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                return self._features(tile, answer, inference_dt)
+                refining = time.perf_counter()
+                features = self._features(tile, answer, inference_dt)
+                if self.metrics is not None:
+                    self.metrics.record("FeatureRefinement", {}, time.perf_counter() - refining)
+                return features
             except InferenceError as err:
                 if err.endpoint_down:
                     self._down = f"{err} (no further tile of this region was sent)"

@@ -5,9 +5,10 @@ business), writes what it can and returns a :class:`SinkResult`; the worker deci
 FAILED from it. :class:`~modelrunner.errors.SinkError` means nothing could be written at all.
 """
 
+from ..requests import result_key
 from .base import SINK_CLIENT_CONFIG, SinkResult
 from .kinesis import write_kinesis
-from .s3 import default_transfer_config, result_key, write_s3
+from .s3 import default_transfer_config, write_s3
 
 __all__ = [
     "SINK_CLIENT_CONFIG",

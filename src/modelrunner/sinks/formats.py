@@ -114,8 +114,9 @@ def output_geometry(feature: Mapping[str, Any], georeferenced: bool) -> Mapping[
     properties = feature.get("properties") or {}
     box = feature.get("bbox") if georeferenced else None
     if not georeferenced:
-        if isinstance(properties.get("imageGeometry"), Mapping):
-            return properties["imageGeometry"]
+        image_geometry = properties.get("imageGeometry")
+        if isinstance(image_geometry, Mapping):
+            return image_geometry
         box = properties.get("imageBBox")
     if isinstance(box, list) and len(box) == 4 and all(isinstance(v, int | float) for v in box):
         x0, y0, x1, y1 = (float(v) for v in box)

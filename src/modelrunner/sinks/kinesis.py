@@ -662,7 +662,7 @@ def _open_ranges(shards: list[dict[str, Any]]) -> list[tuple[int, str]]:
 def _backoff(attempt: int, base_delay: float) -> float:
     """Exponential back-off with equal jitter: spreads retries of concurrent workers, never zero."""
     ceiling = min(MAX_BACKOFF_SECONDS, base_delay * 2 ** (attempt - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
 
 def _add_reason(result: SinkResult, reason: str) -> None:

@@ -53,9 +53,12 @@ class EndpointLeases:
                 return 0
             leases = {**others, holder: {"tiles": grant, "expires": now + self.lease_seconds}}
             version = int(item.get("version", 0))
-            condition = "attribute_not_exists(endpoint)" if not item else "version = :v"
+            # An item without a version is new, or one the reference's self-throttling left (max_regions,
+            # regions_in_progress): taken over, or no region of that endpoint would ever start.
+            condition = ("attribute_not_exists(endpoint)" if not item else
+                         "version = :v" if "version" in item else "attribute_not_exists(version)")
             values = {":leases": leases, ":next": version + 1, ":cap": capacity}
-            if item:
+            if "version" in item:
                 values[":v"] = version
             if ddb.conditional(self.client.update_item, TableName=self.table,
                                Key=ddb.marshal({"endpoint": endpoint}),

@@ -1,6 +1,7 @@
 """The job (image) row: created once, filled when the image is opened, counted per region, ended once.
 
 Exactly-once rules, all with DynamoDB conditional writes:
+
 - ``create`` succeeds for one delivery of an image message only (``attribute_not_exists``);
 - a region is counted in the same transaction that moves its row to a final status, so a redelivered
   region can never be counted twice, and a crash can never leave it finished but uncounted;

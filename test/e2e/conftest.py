@@ -37,6 +37,14 @@ def model_server() -> Iterator[Process]:
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def own_model() -> Iterator[Process]:
+    """A model server of the module's own, for tests that change its failure settings (``/control``)."""
+    proc = start_model("centerpoint")
+    yield proc
+    proc.stop()
+
+
 _counter = iter(range(1000))
 
 

@@ -11,18 +11,12 @@ from e2e_support import control, model_stats
 
 from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
-from modelrunner.local.stack import free_port, start_model
+from modelrunner.local.stack import free_port
 from modelrunner.state.regions import RegionStore
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def faulty():
-    """A model server of this module's own: its failure settings change from test to test."""
-    proc = start_model("centerpoint")
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +43,20 @@ FLAKY = [("HTTP_ENDPOINT", mode) for mode in ("internal", "throttle", "empty", "
                                                                                              "internal")]
 
 
-def test_faults(stack, faulty, worker_factory, scene):
+def test_faults(stack, own_model, worker_factory, scene):
     """One worker serves every case in turn: each fault at every second call ends SUCCESS; failing for good
     ends FAILED with the cause; the worker keeps serving throughout.
 
     One tile thread, so that "every second call" fails every tile's first attempt and never its retry: with
     several threads in lockstep on a strictly alternating schedule, one thread can meet the failing slot on
     every attempt (then the tile fails after its attempts and the job is PARTIAL, which is right too)."""
-    env = stack.worker_env(model_url=faulty.url, workers=1, MR_MAX_TILE_ATTEMPTS="4",
+    env = stack.worker_env(model_url=own_model.url, workers=1, MR_MAX_TILE_ATTEMPTS="4",
                            MR_TILE_RETRY_BASE_SECONDS="0.05", MR_TILE_RETRY_MAX_SECONDS="0.2", MR_HTTP_TIMEOUT="1")
     worker = worker_factory(env)
-    http = faulty.url + "/invocations"
+    http = own_model.url + "/invocations"
     report = []
     for n, (mode, fault) in enumerate(FLAKY):
-        control(faulty, fail_rate=0.5, fail_mode=fault, slow_ms=2500)
+        control(own_model, fail_rate=0.5, fail_mode=fault, slow_ms=2500)
         job_id = f"flaky-{n}-{fault}"
         submit(stack, job(stack, job_id, scene, http if mode == "HTTP_ENDPOINT" else "centerpoint", mode))
         final, _ = wait_final(stack, job_id)
@@ -71,7 +65,7 @@ def test_faults(stack, faulty, worker_factory, scene):
         report.append(f"{mode} {fault}: SUCCESS")
 
     # Failing for good on every call: FAILED, with the endpoint's answer in the reason.
-    control(faulty, fail_rate=1.0, fail_mode="internal")
+    control(own_model, fail_rate=1.0, fail_mode="internal")
     submit(stack, job(stack, "down", scene, http, "HTTP_ENDPOINT"))
     final, _ = wait_final(stack, "down")
     assert final["attributes"]["status"] == "FAILED"
@@ -85,25 +79,25 @@ def test_faults(stack, faulty, worker_factory, scene):
     assert final["attributes"]["status"] == "FAILED" and "refused" in final["message"].lower()
 
     # A SageMaker endpoint that does not exist: FAILED at once, the region stops calling it.
-    control(faulty, fail_rate=0.0, strict_endpoints=True)
-    before = model_stats(faulty)["invocations"]
+    control(own_model, fail_rate=0.0, strict_endpoints=True)
+    before = model_stats(own_model)["invocations"]
     submit(stack, job(stack, "missing", scene, "no-such-endpoint", "SM_ENDPOINT"))
     final, _ = wait_final(stack, "missing")
     assert final["attributes"]["status"] == "FAILED" and "not found" in final["message"]
-    calls = model_stats(faulty)["invocations"] - before
+    calls = model_stats(own_model)["invocations"] - before
     assert calls <= 2  # the tiles already in flight when the first answer came back, no retries
-    control(faulty, strict_endpoints=False)
+    control(own_model, strict_endpoints=False)
     assert worker.poll() is None
     print("\n".join(report))
 
 
-def test_tiles_failing_for_good_make_the_job_partial(stack, faulty, worker_factory, scene):
-    env = stack.worker_env(model_url=faulty.url, workers=1, MR_MAX_TILE_ATTEMPTS="1")
+def test_tiles_failing_for_good_make_the_job_partial(stack, own_model, worker_factory, scene):
+    env = stack.worker_env(model_url=own_model.url, workers=1, MR_MAX_TILE_ATTEMPTS="1")
     worker_factory(env)
-    control(faulty, fail_rate=0.5, fail_mode="internal")
-    submit(stack, job(stack, "partial", scene, faulty.url + "/invocations", "HTTP_ENDPOINT"))
+    control(own_model, fail_rate=0.5, fail_mode="internal")
+    submit(stack, job(stack, "partial", scene, own_model.url + "/invocations", "HTTP_ENDPOINT"))
     final, _ = wait_final(stack, "partial")
-    control(faulty, fail_rate=0.0)
+    control(own_model, fail_rate=0.0)
     assert final["attributes"]["status"] == "PARTIAL", final["message"]
     assert "3 of 6 tiles failed" in final["message"] and "answered 500" in final["message"]
     assert tiles(stack, "partial", scene) == (3, 3)

@@ -12,16 +12,11 @@ from e2e_support import control, model_stats
 
 from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
-from modelrunner.local.stack import kinesis_records, read_statuses, start_model
+from modelrunner.local.stack import kinesis_records, read_statuses
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def model():
-    proc = start_model("centerpoint")
-    yield proc
-    proc.stop()
 
 
 def request(stack, job_id, scene):
@@ -41,16 +36,16 @@ def comparable(stack, job_id):
     return sorted(out)
 
 
-def test_a_resubmitted_partial_job_reruns_only_its_failed_tiles(stack, model, worker_factory, tmp_path):
+def test_a_resubmitted_partial_job_reruns_only_its_failed_tiles(stack, own_model, worker_factory, tmp_path):
     scene = make_scene(str(tmp_path / "s.tif"), 900, 600, seed=12)
-    worker_factory(stack.worker_env(model_url=model.url, workers=1, region_size=512,
+    worker_factory(stack.worker_env(model_url=own_model.url, workers=1, region_size=512,
                                     MR_MAX_TILE_ATTEMPTS="1", MR_TILE_RETRY_BASE_SECONDS="0"))
-    control(model, fail_rate=0.0, fail_mode="model")
+    control(own_model, fail_rate=0.0, fail_mode="model")
     submit(stack, request(stack, "calm", scene))
     assert wait_final(stack, "calm")[0]["attributes"]["status"] == "SUCCESS"
     expected = comparable(stack, "calm")
 
-    control(model, fail_rate=0.5, fail_mode="model")  # every second tile fails, for good (one attempt)
+    control(own_model, fail_rate=0.5, fail_mode="model")  # every second tile fails, for good (one attempt)
     submit(stack, request(stack, "flaky", scene))
     first, _ = wait_final(stack, "flaky")
     assert first["attributes"]["status"] == "PARTIAL", first["message"]
@@ -60,11 +55,11 @@ def test_a_resubmitted_partial_job_reruns_only_its_failed_tiles(stack, model, wo
     records_before = [r for r in kinesis_records(stack) if r["partition_key"] == "flaky"]
     assert len(records_before) == len(partial)
 
-    control(model, fail_rate=0.0)  # healed; the counts restart
+    control(own_model, fail_rate=0.0)  # healed; the counts restart
     submit(stack, request(stack, "flaky", scene))  # the same request, submitted again
     final, _ = wait_final(stack, "flaky")
     assert final["attributes"]["status"] == "SUCCESS", final["message"]
-    assert model_stats(model)["invocations"] == failed  # only the failed tiles ran again
+    assert model_stats(own_model)["invocations"] == failed  # only the failed tiles ran again
     assert comparable(stack, "flaky") == expected
     records = [r for r in kinesis_records(stack) if r["partition_key"] == "flaky"]
     assert len(records) == len(expected)  # the earlier records and the new features' records, none twice
@@ -74,5 +69,5 @@ def test_a_resubmitted_partial_job_reruns_only_its_failed_tiles(stack, model, wo
 
     submit(stack, request(stack, "flaky", scene))  # a SUCCESS job is not run again, and says nothing more
     time.sleep(3)
-    assert model_stats(model)["invocations"] == failed
+    assert model_stats(own_model)["invocations"] == failed
     assert [s for s in read_statuses(stack, wait=1) if s["attributes"].get("job_id") == "flaky"] == []

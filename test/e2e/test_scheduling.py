@@ -12,16 +12,10 @@ from e2e_support import Statuses, control, model_stats
 from conftest import submit, wait_final
 from modelrunner.inference.capacity import CONCURRENCY_TAG
 from modelrunner.local.scene import make_scene
-from modelrunner.local.stack import start_model
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def model():
-    proc = start_model("centerpoint")
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +45,16 @@ def job(stack, job_id, scene, endpoint, mode="SM_ENDPOINT", tile=256):
             "imageProcessorTileOverlap": 32, "imageProcessorTileFormat": "PNG"}
 
 
-def env(stack, model, **extra):
-    return stack.worker_env(model_url=model.url, workers=4, region_size=512, visibility_timeout=10,
+def env(stack, own_model, **extra):
+    return stack.worker_env(model_url=own_model.url, workers=4, region_size=512, visibility_timeout=10,
                             THROTTLING_RETRY_TIMEOUT="1", MR_CAPACITY_LEASE_SECONDS="3", **extra)
 
 
-def test_two_workers_keep_an_endpoint_within_its_capacity(stack, model, worker_factory, scene):
+def test_two_workers_keep_an_endpoint_within_its_capacity(stack, own_model, worker_factory, scene):
     sagemaker_endpoint(stack, "shared", instances=2, per_instance=2)  # capacity 4
-    control(model, delay_ms=60, fail_rate=0.0, throttle_above=0)
+    control(own_model, delay_ms=60, fail_rate=0.0, throttle_above=0)
     for name in ("a", "b"):
-        worker_factory(env(stack, model), name=name)
+        worker_factory(env(stack, own_model), name=name)
     started = time.monotonic()
     for n in range(3):
         submit(stack, job(stack, f"shared-{n}", scene, "shared"))
@@ -68,35 +62,35 @@ def test_two_workers_keep_an_endpoint_within_its_capacity(stack, model, worker_f
     for n in range(3):
         final = statuses.final(f"shared-{n}", timeout=120)
         assert final["attributes"]["status"] == "SUCCESS", final["message"]
-    seen = model_stats(model)
+    seen = model_stats(own_model)
     print(f"3 jobs, {seen['requests']} tiles, 2 workers x 4 threads, capacity 4: max {seen['max_in_flight']} "
           f"in flight at the model, {time.monotonic() - started:.1f} s")
     assert 2 <= seen["max_in_flight"] <= 4
 
 
-def test_a_dead_workers_capacity_comes_back(stack, model, worker_factory, scene):
+def test_a_dead_workers_capacity_comes_back(stack, own_model, worker_factory, scene):
     sagemaker_endpoint(stack, "lease", instances=1, per_instance=4)
-    control(model, delay_ms=60, fail_rate=0.0, throttle_above=0)
-    doomed = worker_factory(env(stack, model, MR_FAILPOINTS="region.tile@2"), name="doomed")
+    control(own_model, delay_ms=60, fail_rate=0.0, throttle_above=0)
+    doomed = worker_factory(env(stack, own_model, MR_FAILPOINTS="region.tile@2"), name="doomed")
     submit(stack, job(stack, "orphan", scene, "lease"))
     deadline = time.monotonic() + 60
     while doomed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert doomed.poll() == -9  # died holding the whole capacity
     died = time.monotonic()
-    worker_factory(env(stack, model), name="heir")
+    worker_factory(env(stack, own_model), name="heir")
     final, _ = wait_final(stack, "orphan")
     assert final["attributes"]["status"] == "SUCCESS", final["message"]
     print(f"a worker killed holding capacity: the job ended {time.monotonic() - died:.1f} s later "
           "(lease 3 s, message visibility 10 s)")
 
 
-def test_a_free_endpoint_is_not_held_up_by_a_busy_one(stack, model, worker_factory, scene):
+def test_a_free_endpoint_is_not_held_up_by_a_busy_one(stack, own_model, worker_factory, scene):
     sagemaker_endpoint(stack, "busy", instances=1, per_instance=1)
     sagemaker_endpoint(stack, "free", instances=1, per_instance=4)
-    control(model, delay_ms=150, fail_rate=0.0, throttle_above=0)
-    worker_factory(env(stack, model), name="one")
-    worker_factory(env(stack, model), name="two")
+    control(own_model, delay_ms=150, fail_rate=0.0, throttle_above=0)
+    worker_factory(env(stack, own_model), name="one")
+    worker_factory(env(stack, own_model), name="two")
     submit(stack, job(stack, "big", scene, "busy"))
     time.sleep(2)  # the big job's regions hold or wait for the busy endpoint
     submit(stack, job(stack, "small", scene, "free", tile=512))
@@ -109,22 +103,22 @@ def test_a_free_endpoint_is_not_held_up_by_a_busy_one(stack, model, worker_facto
     assert time.monotonic() - small_done > 2
 
 
-def test_a_worker_lowers_its_concurrency_when_the_endpoint_throttles(stack, model, worker_factory, scene):
+def test_a_worker_lowers_its_concurrency_when_the_endpoint_throttles(stack, own_model, worker_factory, scene):
     """The model throttles above 2 requests in flight while the worker believes in 10 (HTTP default)."""
-    control(model, delay_ms=30, fail_rate=0.0, throttle_above=2)
-    worker_factory(env(stack, model, MR_TILE_RETRY_BASE_SECONDS="0.05", MR_MAX_TILE_ATTEMPTS="8"), name="aimd")
-    url = model.url + "/invocations"
+    control(own_model, delay_ms=30, fail_rate=0.0, throttle_above=2)
+    worker_factory(env(stack, own_model, MR_TILE_RETRY_BASE_SECONDS="0.05", MR_MAX_TILE_ATTEMPTS="8"), name="aimd")
+    url = own_model.url + "/invocations"
     submit(stack, job(stack, "warm", scene, url, mode="HTTP_ENDPOINT", tile=128))
     warm, _ = wait_final(stack, "warm")
     assert warm["attributes"]["status"] == "SUCCESS", warm["message"]
-    first = model_stats(model)
-    control(model, delay_ms=30, throttle_above=2)  # counts restart
+    first = model_stats(own_model)
+    control(own_model, delay_ms=30, throttle_above=2)  # counts restart
     submit(stack, job(stack, "steady", scene, url, mode="HTTP_ENDPOINT", tile=128))
     steady, _ = wait_final(stack, "steady")
     assert steady["attributes"]["status"] == "SUCCESS", steady["message"]
-    after = model_stats(model)
+    after = model_stats(own_model)
     share = after["throttled"] / after["requests"]
     print(f"throttled share: warm-up {first['throttled']}/{first['requests']}, "
           f"after {after['throttled']}/{after['requests']} = {share:.1%}")
-    control(model, throttle_above=0, delay_ms=0)
+    control(own_model, throttle_above=0, delay_ms=0)
     assert share < 0.10

@@ -68,8 +68,9 @@ def _submit(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import boto3
 
-    from .state.jobs import FINAL, JobStore
+    from .state.jobs import JobStore
     from .state.regions import RegionStore
+    from .status import FINAL, Status
 
     ddb = boto3.client("dynamodb")
     jobs, regions = JobStore(ddb, args.job_table), RegionStore(ddb, args.region_table)
@@ -89,9 +90,9 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{job.get('job_id')} {job.get('job_status')}: regions {job.get('regions_done', 0)}/"
               f"{job.get('region_count', 0)}, tiles {done}/{job.get('tile_count', '?')}, "
               f"features {job.get('feature_count', '-')}" + (f" ({job['status_reason']})" if job.get("status_reason")
-                                                              and job.get("job_status") != "SUCCESS" else ""))
+                                                              and job.get("job_status") != Status.SUCCESS else ""))
         if not args.watch or job.get("job_status") in FINAL:
-            return 0 if job.get("job_status") != "FAILED" else 1
+            return 0 if job.get("job_status") != Status.FAILED else 1
         time.sleep(args.interval)
 
 
@@ -100,10 +101,12 @@ def timeline(job: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
     order, one line each: ``HH:MM:SS.mmm  event  detail``."""
     from datetime import UTC, datetime
 
+    from .status import Status
+
     events = [(int(e["at"]), str(e["event"]), str(e.get("detail", ""))) for e in job.get("timeline") or []]
     for row in rows:
         where = f"{row.get('region_id', '?')}"
-        if row.get("region_status") not in (None, "QUEUED") and row.get("start_time"):
+        if row.get("region_status") not in (None, Status.QUEUED) and row.get("start_time"):
             events.append((int(row["start_time"]), "region started", f"{where} on {row.get('worker', '?')}"))
         if row.get("end_time"):
             events.append((int(row["end_time"]), "region done", f"{where}: {row.get('region_status')}, "

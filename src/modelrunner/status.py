@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -24,7 +25,21 @@ from .redact import redact
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("STARTED", "IN_PROGRESS", "SUCCESS", "PARTIAL", "FAILED")
+class Status(StrEnum):
+    """A job's or a region's status: the reference's ``RequestStatus`` values (what status messages, job rows
+    and region rows carry), and QUEUED for a region planned but not started. A ``str``, so rows, messages and
+    comparisons with stored values need no conversion."""
+
+    QUEUED = "QUEUED"
+    STARTED = "STARTED"
+    IN_PROGRESS = "IN_PROGRESS"
+    SUCCESS = "SUCCESS"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+
+
+#: The statuses a job or region ends with.
+FINAL = (Status.SUCCESS, Status.PARTIAL, Status.FAILED)
 
 
 def render(status: str, job_id: str, reason: str) -> str:

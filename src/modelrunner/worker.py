@@ -32,7 +32,7 @@ from .runner.complete import fail_job, maybe_complete, publish_final
 from .runner.image import start_image
 from .runner.region import RegionAborted, process_region
 from .runner.services import Services
-from .state.jobs import FINAL
+from .status import FINAL, Status
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ class Worker:
         first = self.services.regions.first(request.image_id)
         if job.get("regions_queued") and first.get("region_status") in FINAL:
             return self._stuck_completion(job, received)
-        if job.get("regions_queued") and first.get("region_status") != "STARTED":
+        if job.get("regions_queued") and first.get("region_status") != Status.STARTED:
             return None  # waiting (its region was never started): no worker died on it
         return (f"the image request was received {received} times and never got through its first region: "
                 f"workers processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count}), "
@@ -323,9 +323,11 @@ class Worker:
             if received > self.settings.max_receive_count:
                 row = self.services.regions.get(region.image_id, region.region_id)
                 state = row.get("region_status")
-                stuck = (f"region {region.region_id} was received {received} times and never finished: workers "
-                         f"processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count})"
-                         if state == "STARTED" else self._stuck_completion(job, received) if state in FINAL else None)
+                stuck = None if state not in FINAL else self._stuck_completion(job, received)
+                if state == Status.STARTED:
+                    limit = self.settings.max_receive_count
+                    stuck = (f"region {region.region_id} was received {received} times and never finished: workers "
+                             f"processing it stopped or died (MR_MAX_RECEIVE_COUNT = {limit})")
                 if stuck is not None:
                     return Outcome.DONE if fail_job(self.services, region.image_id, stuck) else Outcome.RETRY_LATER
             return self._run_region(region, job)

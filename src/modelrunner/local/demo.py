@@ -20,8 +20,9 @@ import time
 from typing import Any
 
 from ..requests import DISTILLATION_STEP, RECOMMENDED_DISTILLATION, DistillationOption
-from ..state.jobs import FINAL, JobStore
+from ..state.jobs import JobStore
 from ..state.regions import RegionStore
+from ..status import FINAL
 from .accuracy import score_features
 from .overlay import render_overlay
 from .stack import (

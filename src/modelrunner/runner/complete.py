@@ -28,6 +28,7 @@ from ..sinks import SinkResult, write_kinesis, write_s3
 from ..sinks.checkpoint import DeliveryCheckpoint, decode_chunks
 from ..sinks.stac import JobDescription
 from ..state.jobs import JobStore
+from ..status import Status
 from . import rerun
 from .region import Relocate, relocator
 from .services import Services
@@ -87,7 +88,7 @@ def publish_final(services: Services, job: dict[str, Any], *, claimed: bool = Fa
     if not claimed and not services.jobs.claim_publish(image_id, services.settings.visibility_timeout):
         current = services.jobs.get(image_id)
         return current.get("status_published", True) is not False
-    if not services.status.image(str(job.get("job_status", "FAILED")), str(job.get("job_id", "")), image_id,
+    if not services.status.image(str(job.get("job_status", Status.FAILED)), str(job.get("job_id", "")), image_id,
                                  str(job.get("status_reason", "")), float(job.get("processing_duration") or 0.001)):
         return False
     services.jobs.mark_published(image_id)
@@ -151,7 +152,7 @@ def complete(services: Services, image_id: str) -> str | None:
     services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
                                               "InputFormat": input_format(job.get("image_extension"))},
                           {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
-                           "Errors": (1 if status != "SUCCESS" else 0, "Count"),
+                           "Errors": (1 if status != Status.SUCCESS else 0, "Count"),
                            "Tiles": (tiles, "Count"), "Features": (len(merged), "Count")})
     services.metrics.emit("FeatureAggregation", {}, {"Duration": (read_s, "Seconds"), "Invocations": (1, "Count")})
     services.metrics.emit("FeatureSelection", {}, {"Duration": (select_s - read_s, "Seconds"),
@@ -173,17 +174,17 @@ def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink
     The reason gives the counts and the underlying causes (the endpoint's answer, GDAL's error)."""
     total = sum(int(r.get("total_tiles", 0)) for r in rows)
     failed = sum(int(r.get("failed_tile_count", 0)) for r in rows)
-    broken = [r for r in rows if r.get("region_status") == "FAILED" and int(r.get("failed_tile_count", 0)) == 0]
+    broken = [r for r in rows if r.get("region_status") == Status.FAILED and int(r.get("failed_tile_count", 0)) == 0]
     succeeded = total - failed - sum(int(r.get("total_tiles", 0)) for r in broken)
     written = [r for r in sink_results if r.features_written or not r.features_failed]
     if not written or succeeded <= 0:
-        status = "FAILED"
+        status = Status.FAILED
     elif failed or broken or sink_reasons or any(r.features_failed for r in sink_results):
-        status = "PARTIAL"
+        status = Status.PARTIAL
     else:
-        status = "SUCCESS"
+        status = Status.SUCCESS
     reason = "Completed image processing"
-    if status == "SUCCESS":
+    if status == Status.SUCCESS:
         return status, reason
     causes: list[str] = []
     for row in rows:
@@ -297,5 +298,5 @@ class _LazyRelocate:
 def fail_job(services: Services, image_id: str, reason: str) -> bool:
     """End a started job FAILED with the reason (once: a second call does nothing); True once its final
     status (this one, or the one another worker wrote first) is published."""
-    ended = services.jobs.end(image_id, "FAILED", reason) is not None
+    ended = services.jobs.end(image_id, Status.FAILED, reason) is not None
     return publish_final(services, services.jobs.get(image_id), claimed=ended)

@@ -18,6 +18,7 @@ from ..errors import AwsLimitError, ImageError, RequestError
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, split_s3_url
 from ..requests import ImageRequest, RegionRequest, S3Output
+from ..status import Status
 from . import rerun
 from .plan import plan_image
 from .services import Services
@@ -98,7 +99,7 @@ def start_image(services: Services, request: ImageRequest,
             return None, job
         if len(job.get("runs") or []) > 1:  # a re-run whose first delivery died before it queued its regions
             pending = [r for r in services.regions.all(request.image_id)
-                       if r.get("region_status") == "QUEUED" and "rerun_tiles" in r]
+                       if r.get("region_status") == Status.QUEUED and "rerun_tiles" in r]
             extension = str(job.get("image_extension", ""))
             regions = [RegionRequest.for_image(request, rerun._bounds(r["region_bounds"]), extension)
                        for r in sorted(pending, key=lambda r: int(r.get("region_index", 0)))]
@@ -107,7 +108,7 @@ def start_image(services: Services, request: ImageRequest,
             return (regions[0] if regions else None), job
         log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
     else:
-        services.status.image("STARTED", request.job_id, request.image_id, "Started image request")
+        services.status.image(Status.STARTED, request.job_id, request.image_id, "Started image request")
         services.jobs.record(request.image_id, "queued", f"image {request.image_url}, model {request.model_name}")
 
     _check_outputs(services, request)
@@ -129,12 +130,12 @@ def start_image(services: Services, request: ImageRequest,
               "extents": extents, "image_extension": info.extension,
               "sensor_model": geolocator.kind if geolocator else "NONE"}
     if created:
-        fields["job_status"] = "IN_PROGRESS"
+        fields["job_status"] = Status.IN_PROGRESS
     if not services.jobs.update_unfinished(request.image_id, fields):
         log.info("job %s ended while this duplicate delivery was planning it", request.job_id)
         return None, services.jobs.get(request.image_id)
     if created:
-        services.status.image("IN_PROGRESS", request.job_id, request.image_id, "Processing regions")
+        services.status.image(Status.IN_PROGRESS, request.job_id, request.image_id, "Processing regions")
         services.jobs.record(request.image_id, "started",
                              f"{info.width} x {info.height} pixels, {len(regions)} regions, {tile_total} tiles")
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):

@@ -27,6 +27,7 @@ from ..logs import bind
 from ..metrics import input_format
 from ..redact import redact
 from ..requests import DistillationOption, RegionRequest
+from ..status import FINAL, Status
 from .plan import plan_image
 from .schedule import endpoint_lease
 from .services import Services
@@ -98,7 +99,7 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     started = time.monotonic()
     start_ms = int(time.time() * 1000)
     before = services.regions.start(region, services.worker_id)
-    if before.get("region_status") in ("SUCCESS", "PARTIAL", "FAILED"):
+    if before.get("region_status") in FINAL:
         log.info("region %s already finished (%s): not processed again", region.region_id, before["region_status"])
         return RegionOutcome(region.region_id, before["region_status"], counted=False)
 
@@ -118,7 +119,7 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     except Exception as err:  # the region fails, is counted, and the job goes on with its other regions
         log.exception("region %s failed", region.region_id)
         message = redact(f"Failed to process image region: {err}")
-        status, chunks, result = "FAILED", 0, RegionResult(total=result.total)
+        status, chunks, result = Status.FAILED, 0, RegionResult(total=result.total)
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=result.succeeded,
         failed=result.failed, total=result.total, message=message, feature_count=len(result.merged),
@@ -131,7 +132,7 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
         services.metrics.emit("RegionProcessing", {"ModelName": region.model_name,
                                                    "InputFormat": input_format(region.image_extension)},
                               {"Duration": (duration_ms / 1000, "Seconds"), "Invocations": (1, "Count"),
-                               "Errors": (1 if status != "SUCCESS" else 0, "Count"), "Throttles": (0, "Count"),
+                               "Errors": (1 if status != Status.SUCCESS else 0, "Count"), "Throttles": (0, "Count"),
                                "Tiles": (result.total, "Count"), "Features": (len(result.merged), "Count")})
     services.metrics.flush()  # the region's per-tile records
     return RegionOutcome(region.region_id, status, result.total, result.failed, len(result.merged), counted,
@@ -162,8 +163,8 @@ class RegionResult:
     def status(self) -> str:
         """The reference's region status: FAILED when no tile succeeded, PARTIAL when some failed."""
         if self.total == 0 or len(self.failed) == self.total:
-            return "FAILED"
-        return "PARTIAL" if self.failed else "SUCCESS"
+            return Status.FAILED
+        return Status.PARTIAL if self.failed else Status.SUCCESS
 
     @property
     def message(self) -> str | None:

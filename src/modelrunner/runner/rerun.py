@@ -18,6 +18,7 @@ from typing import Any
 
 from ..requests import ImageRequest, RegionRequest, S3Output, result_key
 from ..state.jobs import CHECKPOINT_PREFIX
+from ..status import Status
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def wants_rerun(job: dict[str, Any], message_id: str) -> bool:
     """An ended PARTIAL job with failed tiles, asked again by a message that has not run it before."""
-    return (job.get("job_status") == "PARTIAL" and int(job.get("failed_tile_count", 0)) > 0 and bool(message_id)
+    return (job.get("job_status") == Status.PARTIAL and int(job.get("failed_tile_count", 0)) > 0 and bool(message_id)
             and message_id not in (job.get("runs") or []))
 
 

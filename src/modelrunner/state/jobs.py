@@ -22,9 +22,9 @@ from typing import Any
 
 from ..redact import redact
 from ..requests import ImageRequest
+from ..status import Status
 from . import ddb
 
-FINAL = ("SUCCESS", "PARTIAL", "FAILED")
 log = logging.getLogger(__name__)
 #: Job row attributes ``delivered:<output>`` hold each output's delivery checkpoint.
 CHECKPOINT_PREFIX = "delivered:"
@@ -64,7 +64,7 @@ class JobStore:
             "image_read_role": request.image_read_role, "model_invoke_mode": request.model_invoke_mode,
             "model_name": request.model_name, "start_time": start, "expire_time": start // 1000 + self.ttl_seconds,
             "processing_duration": 0, "region_count": 0, "region_success": 0, "region_error": 0,
-            "regions_done": 0, "job_status": "STARTED",
+            "regions_done": 0, "job_status": Status.STARTED,
             "tile_size": f"({request.tile_size}, {request.tile_size})",
             "tile_overlap": f"({request.tile_overlap}, {request.tile_overlap})",
             "outputs": json.dumps([o.to_dict() for o in request.outputs]),
@@ -81,7 +81,7 @@ class JobStore:
         now = ddb.now_ms()
         item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
                 "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
-                "job_status": "FAILED", "status_reason": redact(reason), "region_count": 0, "region_success": 0,
+                "job_status": Status.FAILED, "status_reason": redact(reason), "region_count": 0, "region_success": 0,
                 "region_error": 0, "status_published": False, "status_publishing": time.time()}
         return self._put_new(item)
 
@@ -235,6 +235,6 @@ class JobStore:
                               f"regions_queued = :no REMOVE {remove}"),
             ConditionExpression="job_status = :partial AND attribute_exists(end_time) AND NOT contains(runs, :m)",
             **({"ExpressionAttributeNames": names} if names else {}),
-            ExpressionAttributeValues=ddb.values({":running": "IN_PROGRESS", ":none": [], ":run": [message_id],
-                                                  ":k": regions, ":no": False, ":partial": "PARTIAL",
+            ExpressionAttributeValues=ddb.values({":running": Status.IN_PROGRESS, ":none": [], ":run": [message_id],
+                                                  ":k": regions, ":no": False, ":partial": Status.PARTIAL,
                                                   ":m": message_id}))

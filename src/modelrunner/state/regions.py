@@ -8,10 +8,11 @@ from typing import Any
 
 from .. import limits
 from ..requests import RegionRequest
+from ..status import FINAL, Status
 from . import ddb
-from .jobs import FINAL, JobStore
+from .jobs import JobStore
 
-_FINAL_VALUES = ddb.values({":s": "SUCCESS", ":p": "PARTIAL", ":f": "FAILED"})
+_FINAL_VALUES = ddb.values({":s": Status.SUCCESS, ":p": Status.PARTIAL, ":f": Status.FAILED})
 # Every write of a region row but the first is conditional on this: a finished region is never reopened.
 _NOT_FINAL = "NOT (#region_status IN (:s, :p, :f))"
 # Room for a region's final fields in its row (400 KB); the row's other attributes (keys of up to 3 KB,
@@ -61,7 +62,7 @@ class RegionStore:
         now = ddb.now_ms()
         item = {
             "image_id": region.image_id, "region_id": region.region_id, "job_id": region.job_id,
-            "region_index": index, "region_status": "QUEUED", "start_time": now, "last_updated_time": now,
+            "region_index": index, "region_status": Status.QUEUED, "start_time": now, "last_updated_time": now,
             "expire_time": now // 1000 + self.ttl_seconds, "image_read_role": region.image_read_role,
             "region_bounds": [list(region.region_bounds[0]), list(region.region_bounds[1])],
             "region_retry_count": 0, "total_tiles": total_tiles, "succeeded_tile_count": 0, "failed_tile_count": 0,
@@ -80,7 +81,7 @@ class RegionStore:
         now = ddb.now_ms()
         attempts = int(before.get("region_retry_count", -1)) + 1 if before else 0
         expr, names, vals = ddb.update_expression({
-            "region_status": "STARTED", "job_id": region.job_id, "start_time": now, "last_updated_time": now,
+            "region_status": Status.STARTED, "job_id": region.job_id, "start_time": now, "last_updated_time": now,
             "worker": worker, "region_retry_count": attempts,
             "region_bounds": [list(region.region_bounds[0]), list(region.region_bounds[1])],
             "expire_time": now // 1000 + self.ttl_seconds,
@@ -105,8 +106,9 @@ class RegionStore:
             UpdateExpression=("SET region_status = :queued, rerun_tiles = :tiles, prior_attempt = :attempt, "
                               "prior_chunks = :chunks, prior_succeeded = :ok REMOVE end_time"),
             ExpressionAttributeValues=ddb.values({
-                ":queued": "QUEUED", ":tiles": row.get("failed_tiles") or [], ":ok": row.get("succeeded_tiles") or [],
-                ":attempt": str(row.get("result_attempt", "")), ":chunks": int(row.get("result_chunks", 0))}))
+                ":queued": Status.QUEUED, ":tiles": row.get("failed_tiles") or [],
+                ":ok": row.get("succeeded_tiles") or [], ":attempt": str(row.get("result_attempt", "")),
+                ":chunks": int(row.get("result_chunks", 0))}))
 
     def progress(self, image_id: str, region_id: str, total: int, succeeded: int, failed: int) -> None:
         expr, names, vals = ddb.update_expression({
@@ -138,7 +140,7 @@ class RegionStore:
             "ExpressionAttributeNames": names, "ExpressionAttributeValues": vals, "ConditionExpression": _NOT_FINAL,
         }}
         return ddb.conditional(self.client.transact_write_items, TransactItems=[
-            region_update, jobs.count_region_transaction(image_id, status != "FAILED" and not failed)])
+            region_update, jobs.count_region_transaction(image_id, status != Status.FAILED and not failed)])
 
 
 def fit_final_fields(fields: dict[str, Any], budget: int | None = None) -> dict[str, Any]:

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from modelrunner.errors import InferenceError
+from modelrunner.features.convert import relocator
 from modelrunner.imagery.grid import Tile
 from modelrunner.imagery.radiometry import TileRadiometry
 from modelrunner.requests import DistillationOption
 from modelrunner.runner.plan import plan_image
-from modelrunner.runner.region import RegionResult, relocator
+from modelrunner.runner.region import RegionResult
 from modelrunner.runner.tiles import RetryPolicy, TileFailed, TileStep
 
 BOX = {"type": "FeatureCollection", "features": [

@@ -23,6 +23,8 @@ from ..errors import FeatureError
 
 Feature = dict[str, Any]
 ToWorld = Callable[[np.ndarray], np.ndarray]
+Relocate = Callable[[Feature], Feature]
+"""Gives a feature whose pixel geometry a merge changed its world geometry again (see :func:`relocator`)."""
 
 # Model properties the output never carries (the reference removes them).
 _DROPPED = ("inferenceTime", "bounds_imcoords", "geom_imcoords", "detection_score", "feature_types",
@@ -437,3 +439,13 @@ def finish(features: Iterable[Feature], *, job_id: str, inference_dt: str,
                 del props[key]
         out.append(feature)
     return out
+
+
+def relocator(to_world: ToWorld | None) -> Relocate:
+    """A ``relocate`` for the merges: fresh world geometry for a feature whose pixels changed."""
+
+    def relocate(feature: Feature) -> Feature:
+        geolocate([feature], to_world)
+        return feature
+
+    return relocate

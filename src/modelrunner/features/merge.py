@@ -55,6 +55,7 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from ..requests import ALGORITHMS, MATCH_METRICS, DistillationOption
+from .convert import Relocate, box_polygon
 
 __all__ = [
     "box_columns",
@@ -72,7 +73,6 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
-Relocate = Callable[[dict[str, Any]], dict[str, Any]]
 
 POINT_PAD = 0.1
 """Pixels added to a zero width or height, so Points and degenerate boxes have an area and can match."""
@@ -1020,10 +1020,6 @@ def _stable_text(feature: Any) -> str:
     return json.dumps(feature, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def _box_polygon(x1: float, y1: float, x2: float, y2: float) -> dict[str, Any]:
-    return {"type": "Polygon", "coordinates": [[[x2, y1], [x2, y2], [x1, y2], [x1, y1], [x2, y1]]]}
-
-
 def _lists(value: Any) -> Any:
     """GeoJSON coordinates as nested lists (shapely's mapping gives tuples)."""
     if isinstance(value, tuple | list):
@@ -1192,7 +1188,7 @@ def distill(
         picked.append(kept)
         grown = np.flatnonzero(np.any(final_boxes != original[keep], axis=1))
         for k, box in zip(kept[grown].tolist(), final_boxes[grown].tolist(), strict=True):
-            changes: dict[str, Any] = {"imageGeometry": _box_polygon(*box)}
+            changes: dict[str, Any] = {"imageGeometry": box_polygon(*box)}
             if "imageBBox" in (features[k].get("properties") or {}):
                 changes["imageBBox"] = list(box)
             replaced[k] = _with_properties(replaced.get(k, features[k]), changes)

@@ -26,7 +26,8 @@ import numpy as np
 import orjson
 
 from ..requests import DistillationOption
-from .merge import Relocate, box_columns, distill, nms_indices, truncated_at_edges
+from .convert import Relocate
+from .merge import box_columns, distill, nms_indices, truncated_at_edges
 
 Window = tuple[float, float, float, float]  # minx, miny, maxx, maxy in full-image pixels
 

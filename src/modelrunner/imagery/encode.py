@@ -162,7 +162,7 @@ def _nitf_georeference(mem: gdal.Dataset, georef: Georeference, width: int, heig
         raise TileEncodingError(f"cannot compute the NITF tile's corner coordinates: {err}") from None
     if not all(ok):
         raise TileEncodingError("cannot compute the NITF tile's corner coordinates")
-    igeolo = "".join(_dms(lat, 2, "NS") + _dms(_wrap(lon), 3, "EW") for lon, lat, *_ in points)
+    igeolo = "".join(igeolo_dms(lat, 2, "NS") + igeolo_dms(_wrap(lon), 3, "EW") for lon, lat, *_ in points)
     return ["ICORDS=G", f"IGEOLO={igeolo}"]
 
 
@@ -170,7 +170,7 @@ def _wrap(lon: float) -> float:
     return (lon + 180.0) % 360.0 - 180.0 if not -180.0 <= lon <= 180.0 else lon
 
 
-def _dms(value: float, degree_digits: int, hemispheres: str) -> str:
+def igeolo_dms(value: float, degree_digits: int, hemispheres: str) -> str:
     """``ddmmssH`` / ``dddmmssH`` (IGEOLO's G form), whole arc-seconds."""
     total = round(abs(value) * 3600.0)
     degrees, rest = divmod(total, 3600)

@@ -54,6 +54,8 @@ from typing import Any
 import numpy as np
 from osgeo import gdal, osr
 
+from ..imagery.encode import igeolo_dms
+
 # Exceptions rather than None returns: a failed write must not pass silently.
 gdal.UseExceptions()
 
@@ -302,13 +304,6 @@ def format_rpc00b(rpc: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _dms(value: float, degree_digits: int, hemispheres: str) -> str:
-    total = round(abs(value) * 3600.0)
-    degrees, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{degrees:0{degree_digits}d}{minutes:02d}{seconds:02d}{hemispheres[value < 0]}"
-
-
 def _corner_centres(gt: GeoTransform, width: int, height: int) -> list[tuple[float, float]]:
     """World coordinates of the centres of the UL, UR, LR, LL pixels (IGEOLO order)."""
     pixels = [(0.5, 0.5), (width - 0.5, 0.5), (width - 0.5, height - 0.5), (0.5, height - 0.5)]
@@ -319,7 +314,7 @@ def _nitf_georeferencing(epsg: int, gt: GeoTransform, width: int, height: int) -
     """ICORDS / IGEOLO (and GEOLOB when exact) creation options of a scene without RPC."""
     corners = _corner_centres(gt, width, height)
     if epsg == 4326:
-        igeolo = "".join(_dms(lat, 2, "NS") + _dms(lon, 3, "EW") for lon, lat in corners)
+        igeolo = "".join(igeolo_dms(lat, 2, "NS") + igeolo_dms(lon, 3, "EW") for lon, lat in corners)
         options = ["ICORDS=G", f"IGEOLO={igeolo}"]
         arv, brv = 360.0 / gt[1], 360.0 / -gt[5]
         if all(abs(v - round(v)) < 1e-6 and 1 <= round(v) <= 999_999_999 for v in (arv, brv)):

@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aws import is_transient
 from ..errors import SinkError
+from ..features.convert import Relocate, relocator
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
 from ..imagery.geolocate import Geolocator
 from ..metrics import input_format
@@ -30,7 +31,6 @@ from ..sinks.stac import JobDescription
 from ..state.jobs import JobStore
 from ..status import Status
 from . import rerun
-from .region import Relocate, relocator
 from .services import Services
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import EndpointBusy, ModelRunnerError
-from ..features.convert import Feature, geolocate
+from ..features.convert import relocator
 from ..features.seams import FeatureSet, Window, merge_seams
 from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
@@ -312,19 +312,6 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     services.metrics.emit("Scheduling", {"ModelName": region.model_name},
                           {"Throttles": (limit.throttles - throttles_before, "Count"), "Limit": (limit.limit, "Count")})
     return result
-
-
-Relocate = Callable[[Feature], Feature]
-
-
-def relocator(to_world: Callable[[np.ndarray], np.ndarray] | None) -> Relocate:
-    """A ``relocate`` for :func:`distill`: fresh world geometry for a feature whose pixels changed."""
-
-    def relocate(feature: Feature) -> Feature:
-        geolocate([feature], to_world)
-        return feature
-
-    return relocate
 
 
 def _georegistration(job: dict[str, Any]) -> str:

@@ -88,3 +88,35 @@ def model_stats(server: Any) -> dict[str, int]:
     """A model server's counts: invocations, failed, requests, throttled, in_flight, max_in_flight."""
     with urllib.request.urlopen(server.url + "/stats", timeout=5) as answer:
         return dict(json.load(answer))
+
+
+#: Statuses read from a status queue while waiting for another job, by queue URL: the queue is read
+#: destructively, and with several jobs running, one job's statuses (even its final one) can arrive while a
+#: test waits for another's. ``wait_final`` keeps them here for the wait that asks for that job.
+_other_jobs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+
+def wait_final(res: Resources, job_id: str, timeout: float = 120) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Collect image statuses until the job's final one; returns (final, all of this job's)."""
+    seen: list[dict[str, Any]] = []
+    kept = _other_jobs[res.status_queue]
+    earlier = [s for s in kept if s["attributes"].get("job_id") == job_id]
+    kept[:] = [s for s in kept if s["attributes"].get("job_id") != job_id]
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = earlier or read_statuses(res, wait=1)
+        earlier = []
+        for n, status in enumerate(statuses):
+            if status["attributes"].get("job_id") != job_id:
+                kept.append(status)
+                continue
+            seen.append(status)
+            if status["attributes"]["status"] in ("SUCCESS", "PARTIAL", "FAILED"):
+                kept.extend(s for s in statuses[n + 1:] if s["attributes"].get("job_id") != job_id)
+                return status, seen
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id} did not end within {timeout} s; statuses: {seen}")
+
+
+def submit(res: Resources, request: dict[str, Any]) -> None:
+    res.client("sqs").send_message(QueueUrl=res.image_queue, MessageBody=json.dumps(request))

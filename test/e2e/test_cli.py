@@ -10,9 +10,9 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from e2e_support import wait_final
 from osgeo import gdal
 
-from conftest import wait_final
 from modelrunner.local.overlay import feature_boxes
 from modelrunner.local.scene import make_scene
 

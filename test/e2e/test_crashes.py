@@ -12,8 +12,8 @@ import json
 import time
 
 import pytest
+from e2e_support import submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import kinesis_records, read_statuses
 from modelrunner.state.jobs import JobStore

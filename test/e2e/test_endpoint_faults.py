@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from e2e_support import control, model_stats
+from e2e_support import control, model_stats, submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import free_port
 from modelrunner.state.regions import RegionStore

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import shapely
 import shapely.geometry
+from e2e_support import submit, wait_final
 from osgeo import gdal
 
-from conftest import submit, wait_final
 from modelrunner.imagery.grid import TileGrid
 from modelrunner.local.scene import make_scene
 from modelrunner.state.jobs import JobStore

@@ -12,8 +12,8 @@ import signal
 import time
 
 import pytest
+from e2e_support import submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import start_model
 from modelrunner.state.features import FeatureStore

@@ -8,9 +8,8 @@ import json
 import time
 
 import pytest
-from e2e_support import control, model_stats
+from e2e_support import control, model_stats, submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import kinesis_records, read_statuses
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_support import Statuses, control, model_stats
+from e2e_support import Statuses, control, model_stats, submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.inference.capacity import CONCURRENCY_TAG
 from modelrunner.local.scene import make_scene
 

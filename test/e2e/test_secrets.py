@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from e2e_support import submit, wait_final
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 
 pytestmark = pytest.mark.e2e

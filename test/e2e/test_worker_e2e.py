@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from e2e_support import submit, wait_final
 from osgeo import gdal
 
-from conftest import submit, wait_final
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import kinesis_records
 from modelrunner.state.features import FeatureStore

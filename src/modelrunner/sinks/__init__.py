@@ -6,12 +6,11 @@ FAILED from it. :class:`~modelrunner.errors.SinkError` means nothing could be wr
 """
 
 from ..requests import result_key
-from .base import SINK_CLIENT_CONFIG, SinkResult
+from .base import SinkResult
 from .kinesis import write_kinesis
 from .s3 import default_transfer_config, write_s3
 
 __all__ = [
-    "SINK_CLIENT_CONFIG",
     "SinkResult",
     "default_transfer_config",
     "result_key",

@@ -13,13 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.config import Config
-
-# Clients are created by the caller (so that assumed roles, endpoints and regions stay its business), but
-# the sinks rely on botocore's *standard* retry mode for call-level throttling and 5xx answers: it retries
-# throttling error codes with exponential back-off and jitter, which the legacy mode does not do for
-# Kinesis' ProvisionedThroughputExceededException. Callers should build S3 and Kinesis clients with this.
-SINK_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 10})
+# Clients are created by the caller (``aws.AwsClients``: assumed roles, endpoints and regions are its
+# business, and it gives S3 and Kinesis botocore's *standard* retry mode, which retries throttling codes such
+# as Kinesis' ProvisionedThroughputExceededException with exponential back-off and jitter).
 
 
 @dataclass
@@ -37,11 +33,6 @@ class SinkResult:
     reasons: list[str] = field(default_factory=list)
     # Every object or stream written, when an output writes several (an S3 output's formats, its STAC Item).
     locations: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """True when every feature reached the output (nothing failed)."""
-        return self.features_failed == 0
 
 
 def feature_label(feature: Any, index: int) -> str:

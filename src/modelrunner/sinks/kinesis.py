@@ -23,7 +23,7 @@ successful call (ProvisionedThroughputExceeded, InternalFailure, ...) are retrie
 with exponential back-off and jitter, *until delivered*, within a time bound that follows from the data
 size (:func:`retry_bound`). Only what is still failing past the bound, an error that cannot succeed on a
 retry (KMS access), or a feature over 1 MiB on its own is reported failed, each with a reason. Call-level
-throttling and 5xx answers are retried by botocore (standard mode, :data:`~.base.SINK_CLIENT_CONFIG`); a
+throttling and 5xx answers are retried by botocore (standard mode, set in ``aws.py``); a
 call that still raises stops the write.
 
 A :class:`~.checkpoint.DeliveryCheckpoint` makes a crashed write resumable: the feature stream is cut

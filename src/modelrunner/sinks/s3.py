@@ -94,7 +94,7 @@ def write_s3(
     and how many.
 
     ``s3_client`` is a boto3 S3 client built by the caller (with the output's role assumed if it has one,
-    ideally with :data:`~modelrunner.sinks.base.SINK_CLIENT_CONFIG`). S3 writes are all or nothing, so
+    built by ``aws.AwsClients``: standard retry mode). S3 writes are all or nothing, so
     every failure is a :class:`SinkError`: the bucket missing or unreadable (checked with HeadBucket first,
     before any work), a feature that is not JSON-serialisable, or an upload failing after retries.
 

@@ -264,21 +264,9 @@ class Worker:
                 url = urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else ""
         except (ValueError, TypeError):
             pass
-        url = redact(url)  # a refused URL may be a presigned one: its signature stays out of rows and statuses
-        if err.field == "jobId" or not _usable_key(job_id, url):
-            job_id, url = f"unknown-{message.get('MessageId', '')}", ""  # the request's own id cannot be a key
-        image_id = f"{job_id}:{url}"
-        reason = str(err)
-        log.error("rejected image request %s: %s", job_id, reason)
-        try:
-            created = self.services.jobs.create_failed(image_id, job_id, url, reason)
-            if not created:
-                log.warning("job %s exists already: a duplicate of a rejected request, or another job's id",
-                            image_id)
-            return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id), claimed=created) \
-                else Outcome.RETRY_LATER
-        except Exception as write_err:
-            return self._failed(write_err, f"rejected job {job_id}", None)
+        if err.field == "jobId":
+            job_id = ""  # the request's own id cannot be a key
+        return self._record_refusal(message, job_id, url, str(err), fail_existing=False)
 
     def _stuck_image(self, request: ImageRequest, received: int) -> str | None:
         """The reason to fail a job whose image message came back too often, or None if its own work (the
@@ -346,18 +334,33 @@ class Worker:
             raw = None
         job_id = str(raw["job_id"]) if isinstance(raw, dict) and isinstance(raw.get("job_id"), str) else ""
         url = str(raw["image_url"]) if isinstance(raw, dict) and isinstance(raw.get("image_url"), str) else ""
-        url = redact(url)
+        return self._record_refusal(message, job_id, url, reason, fail_existing=True)
+
+    def _record_refusal(self, message: dict[str, Any], job_id: str, url: str, reason: str, *,
+                        fail_existing: bool) -> Outcome:
+        """One FAILED status and a FAILED job row for a message we cannot run, keyed by its own job id and
+        image URL where they can be a key (else ``unknown-<MessageId>``); with ``fail_existing``, a job that
+        exists already is ended FAILED instead."""
+        url = redact(url)  # a refused URL may be a presigned one: its signature stays out of rows and statuses
         if not _usable_key(job_id, url):
             job_id, url = f"unknown-{message.get('MessageId', '')}", ""
-        image_id = f"{job_id}:{url}"
+        log.error("refused %s: %s", job_id, reason)
         try:
-            if self.services.jobs.get(image_id):
-                return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
-            created = self.services.jobs.create_failed(image_id, job_id, url, reason)
-            return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id), claimed=created) \
-                else Outcome.RETRY_LATER
+            return self._end_failed(f"{job_id}:{url}", job_id, url, reason, fail_existing=fail_existing)
         except Exception as write_err:
-            return self._failed(write_err, f"rejected region message of job {job_id}", None)
+            return self._failed(write_err, f"refused job {job_id}", None)
+
+    def _end_failed(self, image_id: str, job_id: str, url: str, reason: str, *, fail_existing: bool) -> Outcome:
+        """End a job FAILED with ``reason``: the existing row when ``fail_existing`` finds one, else a FAILED
+        row of its own (a job that never had one, so that its status names it); DONE once the status is
+        published."""
+        if fail_existing and self.services.jobs.get(image_id):
+            return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
+        created = self.services.jobs.create_failed(image_id, job_id, url, reason)
+        if not created:
+            log.warning("job %s exists already: a duplicate of a refused request, or another job's id", image_id)
+        return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id), claimed=created) \
+            else Outcome.RETRY_LATER
 
     # Shared ------------------------------------------------------------------------------------------
     def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> Outcome:
@@ -390,12 +393,10 @@ class Worker:
             return Outcome.DONE
         try:
             reason = str(err) or type(err).__name__
-            if request is not None and not self.services.jobs.get(image_id):
-                # It failed before its row was written (the row itself may be what DynamoDB refused): ending a
-                # row that does not exist would write one without a job id, and the status would name no job.
-                created = self.services.jobs.create_failed(image_id, request.job_id, request.image_url, reason)
-                return Outcome.DONE if publish_final(self.services, self.services.jobs.get(image_id),
-                                                     claimed=created) else Outcome.RETRY_LATER
+            if request is not None:
+                # It may have failed before its row was written (the row itself may be what DynamoDB refused):
+                # ending a row that does not exist would write one without a job id.
+                return self._end_failed(image_id, request.job_id, request.image_url, reason, fail_existing=True)
             return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
         except Exception:
             log.exception("%s: could not record the failure; the message returns", what)

@@ -244,3 +244,14 @@ def test_a_feature_without_geometry_gets_its_box_in_every_format(s3: Any, tmp_pa
     bounds = {row.GetField("id"): row.GetGeometryRef().GetEnvelope() for row in dataset.GetLayer()}
     assert set(bounds) == {"none", "pt"}
     assert bounds["none"] == (box[0], box[2], box[1], box[3])
+
+
+def test_starting_a_worker_imports_neither_pyarrow_nor_pystac() -> None:
+    """pyarrow (about 55 MB resident) and pystac are imported by the first GeoParquet file or STAC Item,
+    not by every worker at start-up (peak RSS is a target of the benchmark)."""
+    import subprocess
+    import sys
+
+    code = "import sys, modelrunner.worker, modelrunner.cli; print(sorted({'pyarrow', 'pystac'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"

@@ -22,16 +22,18 @@ Hilbert curve when the file is closed (FlatGeobuf's index requires that order).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 import shapely
 from osgeo import ogr, osr
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 #: Features per GeoParquet row group: about 1 to 4 MB of compressed columns for the runner's features.
 ROW_GROUP_FEATURES = 10_000
@@ -40,16 +42,22 @@ _PARSE_BATCH = 1000
 _TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
                6: "MultiPolygon", 7: "GeometryCollection"}
 
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("geometry", pa.binary()),
-    ("bbox", pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()),
-                        ("xmax", pa.float64()), ("ymax", pa.float64())])),
-    ("score", pa.float64()),
-    ("class", pa.string()),
-    ("image_bbox", pa.list_(pa.float64(), 4)),
-    ("properties", pa.string()),
-])
+@functools.cache
+def schema() -> pa.Schema:
+    """The GeoParquet file's columns. pyarrow (about 55 MB resident) is imported by the first GeoParquet
+    write, not when the worker starts: most jobs write GeoJSON only, and every worker would carry it."""
+    import pyarrow as pa
+
+    return pa.schema([
+        ("id", pa.string()),
+        ("geometry", pa.binary()),
+        ("bbox", pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()),
+                            ("xmax", pa.float64()), ("ymax", pa.float64())])),
+        ("score", pa.float64()),
+        ("class", pa.string()),
+        ("image_bbox", pa.list_(pa.float64(), 4)),
+        ("properties", pa.string()),
+    ])
 
 
 def parse_feature(feature: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +143,9 @@ class GeoParquetWriter:
         self.path = path
         self.georeferenced = georeferenced
         self.row_group_features = max(1, row_group_features)
-        self.writer = pq.ParquetWriter(path, SCHEMA, compression="zstd", write_page_index=True,
+        import pyarrow.parquet as pq
+
+        self.writer = pq.ParquetWriter(path, schema(), compression="zstd", write_page_index=True,
                                        write_statistics=True)
         self.rows: list[tuple[str | None, bytes | None, float | None, str | None, list[float] | None, str]] = []
         self.geometries: list[Any] = []
@@ -170,6 +180,9 @@ class GeoParquetWriter:
             b = bounds[present]
             self.extent = [min(self.extent[0], float(b[:, 0].min())), min(self.extent[1], float(b[:, 1].min())),
                            max(self.extent[2], float(b[:, 2].max())), max(self.extent[3], float(b[:, 3].max()))]
+        import pyarrow as pa
+
+        columns = schema()
         missing = pa.array(~present)
         boxes = pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)],
                                            names=["xmin", "ymin", "xmax", "ymax"], mask=missing)
@@ -177,8 +190,8 @@ class GeoParquetWriter:
         table = pa.Table.from_arrays([
             pa.array(ids, pa.string()), pa.array(wkb, pa.binary()), boxes,
             pa.array(scores, pa.float64()), pa.array(labels, pa.string()),
-            pa.array(image_boxes, SCHEMA.field("image_bbox").type), pa.array(properties, pa.string()),
-        ], schema=SCHEMA)
+            pa.array(image_boxes, columns.field("image_bbox").type), pa.array(properties, pa.string()),
+        ], schema=columns)
         self.writer.write_table(table, row_group_size=len(self.rows))
         self.count += len(self.rows)
         self.rows, self.geometries = [], []

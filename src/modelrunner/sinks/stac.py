@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pystac
-
 from ..requests import ImageRequest
 
 #: The label extension's schema; its fields are written directly (pystac's wrapper for it is deprecated).
@@ -99,6 +97,8 @@ def build_item(job: JobDescription, assets: Sequence[Asset], feature_count: int,
     }
     if job.image_size:
         properties["modelrunner:image_size"] = list(job.image_size)
+    import pystac  # imported by the first STAC Item, not when the worker starts (it is seldom asked for)
+
     item = pystac.Item(id=job.job_id, geometry=geometry, bbox=bbox, datetime=produced, properties=properties)
     if job.started is not None:
         item.common_metadata.start_datetime = min(job.started, produced)

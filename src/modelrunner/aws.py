@@ -17,6 +17,7 @@ from botocore.session import Session as BotocoreSession
 
 from . import redact
 from .inference.invoke import LeanInvoker
+from .lean import LeanJsonClient
 
 ROLE_SESSION_NAME = "AWSOversightMLModelRunner"
 
@@ -30,6 +31,9 @@ _RETRIES: dict[str, dict[str, Any]] = {
     "sagemaker": {"retries": {"mode": "adaptive", "max_attempts": 30}},
 }
 _DEFAULT = {"retries": {"mode": "standard", "max_attempts": 15}}
+#: Bulk operations sent without botocore's per-call machinery when they succeed (:mod:`modelrunner.lean`):
+#: the feature table's writes and the Kinesis records.
+LEAN_OPERATIONS: dict[str, tuple[str, ...]] = {"dynamodb": ("BatchWriteItem",), "kinesis": ("PutRecords",)}
 #: The clients a worker uses for every job (assumed-role clients are built when a request names a role).
 WORKER_SERVICES = ("sqs", "sns", "dynamodb", "s3", "kinesis", "sagemaker-runtime")
 
@@ -50,6 +54,7 @@ class AwsClients:
         self._clients: dict[tuple[str, str], Any] = {}
         self._roles: dict[str, AwsClients] = {}
         self._invoker: LeanInvoker | None = None
+        self._lean: dict[str, LeanJsonClient] = {}
         self._lock = threading.RLock()  # for_role builds its STS client while holding it
 
     def client(self, service: str) -> Any:
@@ -85,11 +90,20 @@ class AwsClients:
 
     @property
     def dynamodb(self) -> Any:
-        return self.client("dynamodb")
+        """The DynamoDB client, its BatchWriteItem calls on the fast path (:mod:`modelrunner.lean`)."""
+        return self._lean_client("dynamodb")
 
     @property
     def kinesis(self) -> Any:
-        return self.client("kinesis")
+        """The Kinesis client, its PutRecords calls on the fast path (:mod:`modelrunner.lean`)."""
+        return self._lean_client("kinesis")
+
+    def _lean_client(self, service: str) -> Any:
+        client = self.client(service)
+        with self._lock:
+            if service not in self._lean:
+                self._lean[service] = LeanJsonClient(client, LEAN_OPERATIONS[service])
+            return self._lean[service]
 
     @property
     def sagemaker_runtime(self) -> Any:

@@ -10,7 +10,7 @@ def test_warm_builds_every_worker_client_once_and_later_calls_reuse_them():
     aws.warm()
     built = {service: aws.client(service) for service in WORKER_SERVICES}
     assert {key[0] for key in aws._clients} == set(WORKER_SERVICES)
-    assert aws.s3 is built["s3"] and aws.kinesis is built["kinesis"]
+    assert aws.s3 is built["s3"] and aws.kinesis.wrapped is built["kinesis"] and aws.kinesis is aws.kinesis
     assert aws.sagemaker_runtime.meta.endpoint_url == "http://127.0.0.1:9"
     aws.warm()
     assert all(aws.client(service) is client for service, client in built.items())

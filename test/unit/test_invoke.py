@@ -187,7 +187,7 @@ def test_a_refused_connection_is_botocore_s_error():
 def test_a_url_botocore_would_not_use_turns_the_fast_path_off(server: tuple[str, Recorder]):
     url, recorder = server
     lean = LeanInvoker(client(url))
-    lean._path = "/models/{EndpointName}/invoke"  # as if the endpoint rules sent the call elsewhere
+    lean._uri = "/models/{EndpointName}/invoke"  # as if the endpoint rules sent the call elsewhere
     lean.invoke_endpoint(**CALLS[0])
     assert lean.checked and not lean.fast
     lean.invoke_endpoint(**CALLS[0])

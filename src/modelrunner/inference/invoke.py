@@ -23,33 +23,30 @@ from __future__ import annotations
 import io
 import threading
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-import urllib3
-from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.httpsession import get_cert_path
+
+from ..lean import SignedPath
 
 OPERATION = "InvokeEndpoint"
 
 
 class LeanInvoker:
-    """A botocore ``sagemaker-runtime`` client whose successful ``invoke_endpoint`` calls skip botocore."""
+    """A botocore ``sagemaker-runtime`` client whose successful ``invoke_endpoint`` calls skip botocore
+    (signing, the pool and eligibility are :class:`~modelrunner.lean.SignedPath`'s)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._lock = threading.Lock()
-        self._pool: urllib3.PoolManager | None = None
+        self._path = SignedPath(client, tag="lean-invoke")
         operation = client.meta.service_model.operation_model(OPERATION)
-        self._path = operation.http["requestUri"]
+        self._uri = operation.http["requestUri"]
         #: request member -> header name, from the operation model (ContentType -> Content-Type, ...)
         self._headers = _header_members(operation.input_shape)
         self._answer_headers = _header_members(operation.output_shape)
-        self._signing_name = client.meta.service_model.signing_name
-        self._user_agent = f"{client.meta.config.user_agent} md/modelrunner#lean-invoke"
-        self.fast = self._eligible()
+        self.fast = self._path.eligible
         self.checked = False  # whether a call through botocore has shown that its URL is the one built here
         self._expected = threading.local()  # per thread: the URL its checking call should be sent to
         # Registered once, here (not per call: registering while other threads emit is not safe).
@@ -59,45 +56,15 @@ class LeanInvoker:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def _eligible(self) -> bool:
-        config = self._client.meta.config
-        return (self._credentials() is not None and not config.proxies and not urllib.request.getproxies()
-                and not getattr(config, "client_cert", None)
-                and (config.signature_version or "v4") in ("v4", "s3v4")
-                and urllib.parse.urlsplit(self._client.meta.endpoint_url).scheme in ("http", "https"))
-
-    def _credentials(self) -> Any:
-        return getattr(getattr(self._client, "_request_signer", None), "_credentials", None)
-
-    def _connections(self) -> urllib3.PoolManager:
-        with self._lock:
-            if self._pool is None:
-                config = self._client.meta.config
-                # The client's TLS verification: a CA bundle path, True (botocore's default bundle) or False.
-                session = getattr(getattr(self._client, "_endpoint", None), "http_session", None)
-                verify = getattr(session, "_verify", True)
-                bundle = verify if isinstance(verify, str) else get_cert_path(True)
-                tls: dict[str, Any] = ({"cert_reqs": "CERT_NONE"} if verify is False
-                                       else {"cert_reqs": "CERT_REQUIRED", "ca_certs": bundle})
-                self._pool = urllib3.PoolManager(
-                    num_pools=2, maxsize=max(1, config.max_pool_connections), block=False, retries=False,
-                    timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout), **tls)
-            return self._pool
-
     def url(self, kwargs: Mapping[str, Any]) -> str:
         """The URL of ``invoke_endpoint(**kwargs)``: the client's endpoint and the operation's path."""
         name = urllib.parse.quote(str(kwargs["EndpointName"]), safe="~")
-        return str(self._client.meta.endpoint_url).rstrip("/") + str(self._path).replace("{EndpointName}", name)
+        return str(self._client.meta.endpoint_url).rstrip("/") + str(self._uri).replace("{EndpointName}", name)
 
     def request(self, kwargs: Mapping[str, Any]) -> AWSRequest:
         """The signed request botocore would send for ``invoke_endpoint(**kwargs)`` (less its SDK headers)."""
-        url = self.url(kwargs)
         headers = {self._headers[key]: str(value) for key, value in kwargs.items() if key in self._headers}
-        headers["User-Agent"] = self._user_agent
-        request = AWSRequest(method="POST", url=url, data=kwargs.get("Body", b""), headers=headers)
-        SigV4Auth(self._credentials().get_frozen_credentials(), self._signing_name,
-                  self._client.meta.region_name).add_auth(request)
-        return request
+        return self._path.sign(self.url(kwargs), kwargs.get("Body", b""), headers)
 
     def invoke_endpoint(self, **kwargs: Any) -> dict[str, Any]:
         """``invoke_endpoint`` as botocore answers it (``Body`` a readable stream, ``ContentType``, ...)."""
@@ -105,12 +72,7 @@ class LeanInvoker:
             return self._botocore(kwargs)
         if not self.checked:
             return self._checking_call(kwargs)
-        request = self.request(kwargs)
-        try:
-            response = self._connections().request("POST", str(request.url), body=request.data,
-                                                   headers=dict(request.headers.items()), preload_content=True)
-        except urllib3.exceptions.HTTPError:
-            response = None
+        response = self._path.send(self.request(kwargs))
         if response is None or not 200 <= response.status < 300:
             self.fast = False  # from here on botocore's retries, rate limit and errors, as before
             return self._botocore(kwargs)

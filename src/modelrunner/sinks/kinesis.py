@@ -284,77 +284,106 @@ def write_kinesis(
     shards = _ShardMap([(0, "all")]) if output.partition_key == "jobId" else _shard_map(kinesis_client, stream,
                                                                                         open_shards)
     progress = _Progress(sink=f"kinesis:{stream}", checkpoint=checkpoint, clock=clock)
-    per_call = max(1, min(MAX_RECORDS_PER_CALL, output.batch_size))
     settings = _Sending(kinesis_client, stream, progress, max_attempts, base_delay, sleep, clock, pace)
-    senders: dict[int, _ShardSender] = {}
-    pending: dict[int, list[_Record]] = {}
-    pending_bytes: dict[int, int] = {}
-
-    def send(shard: int) -> None:
-        batch = pending.pop(shard, [])
-        pending_bytes.pop(shard, None)
-        if batch:
-            sender = shard % MAX_SENDERS
-            if sender not in senders:
-                senders[sender] = _ShardSender(settings, sender)
-            senders[sender].put(shard, batch)
-
-    seen = 0
-
-    def counted() -> Iterator[dict[str, Any] | str]:
-        nonlocal seen
-        for feature in features:
-            seen += 1
-            yield feature
-
-    stream_of_features = counted()
+    batches = _Batches(settings, shards, max(1, min(MAX_RECORDS_PER_CALL, output.batch_size)))
+    counted = _Counted(features)
     skipped = 0
     try:
-        for record in _records(stream_of_features, output, job_id, tile_stride, progress,
+        for record in _records(counted, output, job_id, tile_stride, progress,
                                checkpoint.done if checkpoint else frozenset(), checkpoint):
             if progress.failure is not None:
                 break
             if record.data == b"":  # a feature of a chunk an earlier attempt delivered
                 skipped += record.features
                 continue
-            shard = shards.shard_of(record.key)
-            batch = pending.setdefault(shard, [])
-            size = pending_bytes.get(shard, 0)
-            if batch and (len(batch) >= per_call or size + record.size > CALL_BYTES):
-                send(shard)
-                batch = pending.setdefault(shard, [])
-                size = 0
-            batch.append(record)
-            pending_bytes[shard] = size + record.size
-        for shard in list(pending):
-            send(shard)
+            batches.add(record)
+        batches.flush()
     finally:
-        for sender in senders.values():
-            sender.finish()
-        for sender in senders.values():
-            sender.join()
+        batches.close()
     progress.save_now()
+    return _settle(progress, counted, skipped, stream)
+
+
+class _Counted:
+    """The job's features, counting how many were read (what a stopped write never reached still counts)."""
+
+    def __init__(self, features: Iterable[dict[str, Any] | str]) -> None:
+        self.features = iter(features)
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any] | str]:
+        for feature in self.features:
+            self.seen += 1
+            yield feature
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+class _Batches:
+    """Records grouped per shard into PutRecords batches (at most ``per_call`` records and
+    :data:`CALL_BYTES`), each full batch handed to its shard's sender."""
+
+    def __init__(self, settings: _Sending, shards: _ShardMap, per_call: int) -> None:
+        self.settings, self.shards, self.per_call = settings, shards, per_call
+        self.senders: dict[int, _ShardSender] = {}
+        self.pending: dict[int, list[_Record]] = {}
+        self.pending_bytes: dict[int, int] = {}
+
+    def add(self, record: _Record) -> None:
+        shard = self.shards.shard_of(record.key)
+        batch = self.pending.get(shard)
+        if batch and (len(batch) >= self.per_call or self.pending_bytes[shard] + record.size > CALL_BYTES):
+            self._send(shard)
+        self.pending.setdefault(shard, []).append(record)
+        self.pending_bytes[shard] = self.pending_bytes.get(shard, 0) + record.size
+
+    def flush(self) -> None:
+        for shard in list(self.pending):
+            self._send(shard)
+
+    def close(self) -> None:
+        """Let every sender finish what it was given, and wait for them."""
+        for sender in self.senders.values():
+            sender.finish()
+        for sender in self.senders.values():
+            sender.join()
+
+    def _send(self, shard: int) -> None:
+        batch = self.pending.pop(shard, [])
+        self.pending_bytes.pop(shard, None)
+        if batch:
+            index = shard % MAX_SENDERS
+            if index not in self.senders:
+                self.senders[index] = _ShardSender(self.settings, index)
+            self.senders[index].put(shard, batch)
+
+
+def _settle(progress: _Progress, counted: _Counted, skipped: int, stream: str) -> SinkResult:
+    """The write's result; a call that raised raises again when it is transient (the completion is
+    retried, the checkpoint skipping what was delivered), else its features count as not delivered."""
     result = progress.result
     if skipped:
         result.features_written += skipped
         logger.info("Kinesis %s: %d features delivered by an earlier attempt were not sent again", stream, skipped)
-    if progress.failure is not None:
-        error = progress.failure.error
-        if is_transient(error):
-            # Throttling or a 5xx after botocore's retries: the completion is retried later and the
-            # checkpoint saved above skips what was delivered, so nothing is lost or sent twice.
-            raise error
-        if result.features_written == 0:
-            raise SinkError(f"writing to Kinesis stream {stream!r} failed: {error}") from error
-        for _ in stream_of_features:  # what the write never reached still counts as not delivered
-            pass
-        not_sent = max(0, seen - result.features_written - result.features_failed)
-        result.features_failed += not_sent
-        _add_reason(
-            result,
-            f"PutRecords to stream {stream!r} failed after {result.features_written} features were "
-            f"delivered; {not_sent} features not delivered: {error}",
-        )
+    if progress.failure is None:
+        return result
+    error = progress.failure.error
+    if is_transient(error):
+        # Throttling or a 5xx after botocore's retries: the completion is retried later and the
+        # checkpoint saved above skips what was delivered, so nothing is lost or sent twice.
+        raise error
+    if result.features_written == 0:
+        raise SinkError(f"writing to Kinesis stream {stream!r} failed: {error}") from error
+    counted.drain()
+    not_sent = max(0, counted.seen - result.features_written - result.features_failed)
+    result.features_failed += not_sent
+    _add_reason(
+        result,
+        f"PutRecords to stream {stream!r} failed after {result.features_written} features were "
+        f"delivered; {not_sent} features not delivered: {error}",
+    )
     return result
 
 
@@ -487,65 +516,99 @@ def _records(features: Iterable[dict[str, Any] | str], output: KinesisOutput, jo
     is over 1 MiB on its own is counted failed with its reason. Features of chunks in ``skip`` come out as
     records with empty data (counted, not sent)."""
     chunk_size = checkpoint.chunk_features if checkpoint is not None else 1 << 62
-    per_record = output.features_per_record
-    key_prefix = job_id if len(job_id) <= 200 else hashlib.sha256(job_id.encode()).hexdigest()
-    texts: list[bytes] = []
-    labels: list[str] = []
-    body = 0
-    key = job_id
-    chunk = 0
-
-    def record() -> _Record:
-        data = _HEAD + _SEPARATOR.join(texts) + _TAIL
-        label = labels[0] if len(labels) == 1 else f"{labels[0]}..{labels[-1]}"
-        return _Record(label=label, data=data, key=key, size=len(data) + len(key.encode("utf-8")),
-                       features=len(texts), chunk=chunk)
-
-    index = -1
+    encode = _Encoder(output.partition_key, job_id, tile_stride, progress)
+    group = _Group(output.features_per_record, by_key=output.partition_key == "tile")
+    chunk, index = 0, -1
     for index, feature in enumerate(features):
-        feature_chunk = index // chunk_size
-        if feature_chunk != chunk:
-            if texts:
-                progress.expect(chunk, len(texts))
-                yield record()
-                texts, labels, body = [], [], 0
+        if index // chunk_size != chunk:
+            yield from group.take(progress)
             progress.close_chunk(chunk)
-            chunk = feature_chunk
+            chunk = index // chunk_size
         if chunk in skip:
             yield _Record(label="", data=b"", key="", size=0, features=1, chunk=chunk)
             continue
+        encoded = encode(feature, index, chunk)
+        if encoded is None:
+            continue
+        if group.full_for(*encoded[1:]):
+            yield from group.take(progress)
+        group.add(*encoded, chunk=chunk)
+    yield from group.take(progress)
+    if index >= 0:
+        progress.close_chunk(chunk)
+
+
+@dataclass
+class _Encoder:
+    """A feature as (label, JSON text, partition key), or None when it cannot be sent: it cannot be
+    serialised, or is over the record limit on its own (counted failed, with the reason)."""
+
+    kind: str
+    job_id: str
+    tile_stride: int
+    progress: _Progress
+
+    def __post_init__(self) -> None:
+        self.prefix = self.job_id if len(self.job_id) <= 200 else hashlib.sha256(self.job_id.encode()).hexdigest()
+
+    def __call__(self, feature: dict[str, Any] | str, index: int, chunk: int) -> tuple[str, bytes, str] | None:
         label = feature_label(feature, index)
         try:
             text = feature_json(feature).encode("utf-8")
         except (TypeError, ValueError) as err:
-            progress.expect(chunk, 1)
-            progress.failed([_Record(label, b"", "", 0, 1, chunk)],
-                            f"feature {label} cannot be serialised as JSON: {err}")
-            continue
-        feature_key = _partition_key(output.partition_key, job_id, key_prefix, text, tile_stride, index)
-        one_size = len(_HEAD) + len(text) + len(_TAIL) + len(feature_key.encode("utf-8"))
+            self._failed(label, chunk, f"feature {label} cannot be serialised as JSON: {err}")
+            return None
+        key = _partition_key(self.kind, self.job_id, self.prefix, text, self.tile_stride, index)
+        one_size = len(_HEAD) + len(text) + len(_TAIL) + len(key.encode("utf-8"))
         if one_size > MAX_RECORD_BYTES:
-            progress.expect(chunk, 1)
-            progress.failed([_Record(label, b"", "", 0, 1, chunk)],
-                            f"feature {label} is {one_size:,} bytes as a Kinesis record (data + partition key), "
-                            f"over the {MAX_RECORD_BYTES:,}-byte record limit; not sent")
-            continue
-        grown = len(_HEAD) + body + len(_SEPARATOR) * len(texts) + len(text) + len(_TAIL) + len(key.encode())
-        if texts and (len(texts) >= per_record or grown > MAX_RECORD_BYTES
-                      or (output.partition_key == "tile" and feature_key != key)):
-            progress.expect(chunk, len(texts))
-            yield record()
-            texts, labels, body = [], [], 0
-        if not texts:
-            key = feature_key
-        texts.append(text)
-        labels.append(label)
-        body += len(text)
-    if texts:
-        progress.expect(chunk, len(texts))
-        yield record()
-    if index >= 0:
-        progress.close_chunk(chunk)
+            self._failed(label, chunk, f"feature {label} is {one_size:,} bytes as a Kinesis record (data + "
+                                       f"partition key), over the {MAX_RECORD_BYTES:,}-byte record limit; not sent")
+            return None
+        return label, text, key
+
+    def _failed(self, label: str, chunk: int, reason: str) -> None:
+        self.progress.expect(chunk, 1)
+        self.progress.failed([_Record(label, b"", "", 0, 1, chunk)], reason)
+
+
+@dataclass
+class _Group:
+    """The features of the record being built: up to ``per_record``, under 1 MiB, one key when ``by_key``."""
+
+    per_record: int
+    by_key: bool
+    texts: list[bytes] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    body: int = 0
+    key: str = ""
+    chunk: int = 0
+
+    def full_for(self, text: bytes, key: str) -> bool:
+        """Whether ``text`` (with partition key ``key``) must start a record of its own."""
+        if not self.texts:
+            return False
+        grown = (len(_HEAD) + self.body + len(_SEPARATOR) * len(self.texts) + len(text) + len(_TAIL)
+                 + len(self.key.encode()))
+        return len(self.texts) >= self.per_record or grown > MAX_RECORD_BYTES or (self.by_key and key != self.key)
+
+    def add(self, label: str, text: bytes, key: str, *, chunk: int) -> None:
+        if not self.texts:
+            self.key, self.chunk = key, chunk
+        self.texts.append(text)
+        self.labels.append(label)
+        self.body += len(text)
+
+    def take(self, progress: _Progress) -> Iterator[_Record]:
+        """The record of the features gathered (none when there are none), expected by ``progress``."""
+        if not self.texts:
+            return
+        progress.expect(self.chunk, len(self.texts))
+        data = _HEAD + _SEPARATOR.join(self.texts) + _TAIL
+        labels = self.labels
+        label = labels[0] if len(labels) == 1 else f"{labels[0]}..{labels[-1]}"
+        yield _Record(label=label, data=data, key=self.key, size=len(data) + len(self.key.encode("utf-8")),
+                      features=len(self.texts), chunk=self.chunk)
+        self.texts, self.labels, self.body = [], [], 0
 
 
 def _partition_key(kind: str, job_id: str, prefix: str, text: bytes, tile_stride: int, index: int) -> str:

@@ -471,6 +471,9 @@ class _ShardSender:
             except (ClientError, BotoCoreError) as err:
                 raise _CallFailed(err) from err
             entries = response.get("Records") or []
+            if response.get("FailedRecordCount") == 0 and len(entries) == len(pending):  # the usual answer
+                progress.delivered(pending)
+                return
             retry: list[_Record] = []
             done: list[_Record] = []
             final: dict[str, list[tuple[_Record, str]]] = {}

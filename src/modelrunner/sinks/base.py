@@ -1,4 +1,4 @@
-"""What every sink reports back, and the client settings the sinks are written against.
+"""What every sink reports back (:class:`SinkResult`), and the feature text and label every sink writes.
 
 A sink never decides the job's outcome: it says how many features reached the output and why the others
 did not, and the worker turns that into SUCCESS / PARTIAL / FAILED. Sinks raise :class:`SinkError` only

@@ -31,7 +31,7 @@ def _read_back(tmp_path: Path, tre: str) -> dict[str, str]:
     """Write ``tre`` into a NITF the way the scene generator does (Create() with TRE=) and let GDAL parse it."""
     path = str(tmp_path / "rpc.ntf")
     dataset = gdal.GetDriverByName("NITF").Create(path, 64, 64, 1, gdal.GDT_Byte, [f"TRE=RPC00B={tre}"])
-    dataset = None
+    del dataset  # closing writes the file
     return gdal.Open(path).GetMetadata_Dict("RPC")
 
 

@@ -132,7 +132,6 @@ class Settings:
     image_status_topic: str | None = None
     region_status_topic: str | None = None
     region_size: tuple[int, int] = (10240, 10240)
-    sm_self_throttling: bool = False
     throttling_retry_timeout: int = 10
     elevation_data_location: str | None = None
     """A DEM file, or a folder (local or s3://) of elevation tiles mosaicked once per process; used for RPC
@@ -202,6 +201,7 @@ class Settings:
         region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or ""
         if not region:
             raise ConfigError("AWS_DEFAULT_REGION", "is required and not set")
+        self_throttling = env.get("SM_SELF_THROTTLING", "False") in _TRUE  # the reference's switch: on only
         return cls(
             aws_region=region,
             job_table=_required(env, "JOB_TABLE") if "IMAGE_REQUEST_TABLE" not in env
@@ -215,7 +215,6 @@ class Settings:
             image_status_topic=env.get("IMAGE_STATUS_TOPIC") or None,
             region_status_topic=env.get("REGION_STATUS_TOPIC") or None,
             region_size=_size(env, "REGION_SIZE", (10240, 10240)),
-            sm_self_throttling=env.get("SM_SELF_THROTTLING", "False") in _TRUE,
             throttling_retry_timeout=_int(env, "THROTTLING_RETRY_TIMEOUT", 10, minimum=0),
             elevation_data_location=env.get("ELEVATION_DATA_LOCATION") or None,
             elevation_data_extension=_extension(env.get("ELEVATION_DATA_EXTENSION", ".tif")),
@@ -236,8 +235,8 @@ class Settings:
             max_image_pixels=_int(env, "MR_MAX_IMAGE_PIXELS", 10_000_000_000, minimum=1),
             max_features_per_tile=_int(env, "MR_MAX_FEATURES_PER_TILE", 20_000, minimum=1),
             max_receive_count=_int(env, "MR_MAX_RECEIVE_COUNT", 3, minimum=1),
-            scheduler_throttling_enabled=env.get("SCHEDULER_THROTTLING_ENABLED", "True") in _TRUE
-            or env.get("SM_SELF_THROTTLING", "False") in _TRUE,
+            scheduler_throttling_enabled=self_throttling
+            or env.get("SCHEDULER_THROTTLING_ENABLED", "True") in _TRUE,
             default_instance_concurrency=_int(env, "DEFAULT_INSTANCE_CONCURRENCY", 2, minimum=1),
             default_http_concurrency=_int(env, "DEFAULT_HTTP_ENDPOINT_CONCURRENCY", 10, minimum=1),
             capacity_target_percentage=_float(env, "CAPACITY_TARGET_PERCENTAGE", 1.0),

@@ -167,7 +167,7 @@ def test_gtiff_tiles_never_call_a_fourth_band_alpha(bands, dtype, interpretation
 def test_gdal_options_in_the_environment_win_over_ours(monkeypatch):
     import modelrunner.imagery.source as source
 
-    monkeypatch.setattr(source, "_done", False)
+    monkeypatch.setattr(source.GDAL_CONFIG, "done", False)
     monkeypatch.setenv("GDAL_CACHEMAX", "77")
     before = gdal.GetConfigOption("GDAL_CACHEMAX")
     gdal.SetConfigOption("GDAL_CACHEMAX", None)

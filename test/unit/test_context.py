@@ -60,3 +60,18 @@ def test_an_unusable_dem_closes_the_image_and_releases_its_credentials(
     with pytest.raises(ImageError, match="does not exist"):
         ImageContext.open("s3://bucket/a.tif", credentials=CREDENTIALS, dem_location=str(tmp_path / "no-dem"))
     assert gdal.GetPathSpecificOption(*SECRET, None) != "s3cr3t"
+
+
+def test_an_rpc_image_with_a_dem_says_so_and_its_heights_are_the_dems(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path / "r.tif", 64, 64, seed=4, rpc=True)
+    dem = str(tmp_path / "dem.tif")
+    dataset = gdal.GetDriverByName("GTiff").Create(dem, 20, 20, 1, gdal.GDT_Float32)
+    dataset.SetGeoTransform((-77.06, 0.001, 0.0, 38.91, 0.0, -0.001))
+    dataset.SetProjection("EPSG:4326")
+    dataset.GetRasterBand(1).WriteArray(np.full((20, 20), 125.0, np.float32))
+    del dataset  # closing writes the file
+    with ImageContext.open(scene.path, dem_location=dem) as image:
+        assert image.geolocator is not None and image.geolocator.uses_dem
+        assert image.geolocator.to_world([(10.0, 10.0)])[0, 2] == pytest.approx(125.0)
+    with ImageContext.open(scene.path) as image:
+        assert image.geolocator is not None and not image.geolocator.uses_dem

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -25,6 +29,7 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"modelrunner worker: {err}", file=sys.stderr)
         return 2
     configure_logging(args.verbose, level=settings.log_level)
+    announce_ignored(settings)
     configure_gdal()
     services = Services.create(settings, metrics=not args.no_metrics)
     services.aws.warm()
@@ -33,6 +38,14 @@ def _worker(args: argparse.Namespace) -> int:
     settle_heap()  # after the clients are built: their service models join the frozen start-up heap
     worker.run(max_messages=args.max_messages, idle_exit_s=args.idle_exit)
     return 0
+
+
+def announce_ignored(settings: Settings) -> None:
+    """Log, once at start-up, each of the reference's variables that is set and has no effect here, so an
+    operator who set one does not believe it is honoured."""
+    log = logging.getLogger("modelrunner.config")
+    for note in settings.ignored_notes():
+        log.info(note)
 
 
 def _submit(args: argparse.Namespace) -> int:

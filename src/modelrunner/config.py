@@ -1,8 +1,9 @@
 """Typed settings, read once from the environment at start-up and passed down.
 
 Names and defaults are the reference's (OversightML Model Runner 2.3.0), so a deployment can swap
-containers without touching its task definition. Variables the reference reads but never uses
-(``API_ENDPOINT``) are accepted and ignored. Ours are prefixed ``MR_``.
+containers without touching its task definition. The reference's variables that mean nothing here are
+accepted and ignored (:data:`IGNORED_REFERENCE_VARIABLES`, logged once at start-up when set). Ours are
+prefixed ``MR_``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ from .errors import ConfigError
 
 _TRUE = ("true", "True", "TRUE", "1", "yes")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The reference's variables a drop-in deployment may set that have no effect here, each with the reason.
+#: The worker starts with them set (a task definition need not change) and says so once at start-up; no
+#: setting holds their values, so no code can appear to honour them.
+IGNORED_REFERENCE_VARIABLES: dict[str, str] = {
+    "WORKERS_PER_CPU": "WORKERS sets the tile threads directly, and the reference uses it only in its "
+                       "self-throttling formula, which capacity scheduling replaces (capacity comes from the "
+                       "endpoint)",
+    "THROTTLING_SCALE_FACTOR": "it scales the reference's regions-per-endpoint formula, which capacity "
+                               "scheduling replaces (capacity comes from the endpoint)",
+    "ELEVATION_DATA_VERSION": "ELEVATION_DATA_LOCATION names the elevation data itself (the reference reads "
+                              "this SRTM tile-set name and never uses it)",
+    "API_ENDPOINT": "the reference reads it and never uses it",
+    "CODEGURU_PROFILING_GROUP": "no CodeGuru profiler is started",
+}
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -113,18 +129,16 @@ class Settings:
     image_queue: str
     region_queue: str
     workers: int
-    workers_per_cpu: int = 1
     image_status_topic: str | None = None
     region_status_topic: str | None = None
     region_size: tuple[int, int] = (10240, 10240)
-    sm_self_throttling: bool = False
-    throttling_scale_factor: int = 10
     throttling_retry_timeout: int = 10
     elevation_data_location: str | None = None
     """A DEM file, or a folder (local or s3://) of elevation tiles mosaicked once per process; used for RPC
     images (``imagery/elevation.py``)."""
     elevation_data_extension: str = ".tif"
-    elevation_data_version: str = "1arc_v3"
+    ignored_variables: tuple[str, ...] = ()
+    """The :data:`IGNORED_REFERENCE_VARIABLES` that are set, to be logged once at start-up (:meth:`ignored_notes`)."""
     # Ours.
     region_wait_seconds: int = 10
     """Long-poll wait on the region queue (the reference's 10 s); the image queue is polled without waiting."""
@@ -187,6 +201,7 @@ class Settings:
         region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or ""
         if not region:
             raise ConfigError("AWS_DEFAULT_REGION", "is required and not set")
+        self_throttling = env.get("SM_SELF_THROTTLING", "False") in _TRUE  # the reference's switch: on only
         return cls(
             aws_region=region,
             job_table=_required(env, "JOB_TABLE") if "IMAGE_REQUEST_TABLE" not in env
@@ -197,16 +212,13 @@ class Settings:
             image_queue=_required(env, "IMAGE_QUEUE"),
             region_queue=_required(env, "REGION_QUEUE"),
             workers=_int(env, "WORKERS", minimum=1),
-            workers_per_cpu=_int(env, "WORKERS_PER_CPU", 1, minimum=1),
             image_status_topic=env.get("IMAGE_STATUS_TOPIC") or None,
             region_status_topic=env.get("REGION_STATUS_TOPIC") or None,
             region_size=_size(env, "REGION_SIZE", (10240, 10240)),
-            sm_self_throttling=env.get("SM_SELF_THROTTLING", "False") in _TRUE,
-            throttling_scale_factor=_int(env, "THROTTLING_SCALE_FACTOR", 10, minimum=1),
             throttling_retry_timeout=_int(env, "THROTTLING_RETRY_TIMEOUT", 10, minimum=0),
             elevation_data_location=env.get("ELEVATION_DATA_LOCATION") or None,
             elevation_data_extension=_extension(env.get("ELEVATION_DATA_EXTENSION", ".tif")),
-            elevation_data_version=env.get("ELEVATION_DATA_VERSION", "1arc_v3"),
+            ignored_variables=tuple(name for name in IGNORED_REFERENCE_VARIABLES if name in env),
             region_wait_seconds=_int(env, "MR_REGION_WAIT_SECONDS", 10),
             visibility_timeout=_int(env, "MR_VISIBILITY_TIMEOUT", 120, minimum=2, maximum=43200),
             stop_timeout=_float(env, "MR_STOP_TIMEOUT", 30.0),
@@ -223,8 +235,8 @@ class Settings:
             max_image_pixels=_int(env, "MR_MAX_IMAGE_PIXELS", 10_000_000_000, minimum=1),
             max_features_per_tile=_int(env, "MR_MAX_FEATURES_PER_TILE", 20_000, minimum=1),
             max_receive_count=_int(env, "MR_MAX_RECEIVE_COUNT", 3, minimum=1),
-            scheduler_throttling_enabled=env.get("SCHEDULER_THROTTLING_ENABLED", "True") in _TRUE
-            or env.get("SM_SELF_THROTTLING", "False") in _TRUE,
+            scheduler_throttling_enabled=self_throttling
+            or env.get("SCHEDULER_THROTTLING_ENABLED", "True") in _TRUE,
             default_instance_concurrency=_int(env, "DEFAULT_INSTANCE_CONCURRENCY", 2, minimum=1),
             default_http_concurrency=_int(env, "DEFAULT_HTTP_ENDPOINT_CONCURRENCY", 10, minimum=1),
             capacity_target_percentage=_float(env, "CAPACITY_TARGET_PERCENTAGE", 1.0),
@@ -233,3 +245,8 @@ class Settings:
             heartbeat_file=env.get("MR_HEARTBEAT_FILE", "").strip() or None,
             log_level=_log_level(env, "MR_LOG_LEVEL"),
         )
+
+    def ignored_notes(self) -> list[str]:
+        """One line per ignored reference variable that is set: "X is set and has no effect here because ..."."""
+        return [f"{name} is set and has no effect here because {IGNORED_REFERENCE_VARIABLES[name]}"
+                for name in self.ignored_variables]

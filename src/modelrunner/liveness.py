@@ -2,7 +2,7 @@
 
 A worker whose process is alive can still be of no use: stuck in a call that never returns, or its loop
 dead while the visibility heartbeat thread keeps its message hidden from every other worker. The process
-table cannot tell; the loop's own progress can. The loop calls :func:`beat` once per poll iteration (an
+table cannot tell; the loop's own progress can. The loop calls :meth:`HeartbeatFile.beat` once per poll iteration (an
 empty long poll takes ``MR_REGION_WAIT_SECONDS``, a message as long as its region or its job's
 completion takes), which sets the file's modification time; ``python3 -m modelrunner.liveness`` (the
 image's HEALTHCHECK) exits 1 when that time is older than ``MR_HEARTBEAT_MAX_AGE`` seconds.
@@ -25,27 +25,32 @@ log = logging.getLogger(__name__)
 #: Seconds without a beat after which the worker counts as stuck, unless ``MR_HEARTBEAT_MAX_AGE`` says.
 DEFAULT_MAX_AGE = 600.0
 
-_failed_paths: set[str] = set()
+class HeartbeatFile:
+    """The liveness file of one worker (``MR_HEARTBEAT_FILE``; None or empty: off). The worker creates it at
+    start-up and owns it; it remembers whether it has already warned that the file cannot be written."""
 
+    def __init__(self, path: str | None) -> None:
+        self.path = path or None
+        self._warned = False
 
-def beat(path: str | None) -> None:
-    """Record that the worker loop went round once more: the file's mtime becomes now (created if missing).
+    def beat(self) -> None:
+        """Record that the worker loop went round once more: the file's mtime becomes now (created if missing).
 
-    A no-op when ``path`` is empty. A file that cannot be written is logged once per path and otherwise
-    ignored: the worker keeps serving, and the health check, finding no fresh file, reports it.
-    """
-    if not path:
-        return
-    try:
+        A no-op when off. A file that cannot be written is logged once and otherwise ignored: the worker
+        keeps serving, and the health check, finding no fresh file, reports it.
+        """
+        if self.path is None:
+            return
         try:
-            os.utime(path)
-        except FileNotFoundError:
-            with open(path, "a"):
-                pass
-    except OSError as err:
-        if path not in _failed_paths:
-            _failed_paths.add(path)
-            log.warning("cannot write the heartbeat file %s: %s", path, err)
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                with open(self.path, "a"):
+                    pass
+        except OSError as err:
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot write the heartbeat file %s: %s", self.path, err)
 
 
 def check(path: str | None, max_age: float, now: float | None = None) -> tuple[bool, str]:

@@ -38,19 +38,14 @@ _SECRET_FIELD = re.compile(r"secret|password|passwd|token|credential|signature|a
                            re.IGNORECASE)
 
 
-def bind(**fields: Any) -> contextvars.Token[Mapping[str, Any]]:
+def bind(**fields: Any) -> None:
     """Add ``fields`` to every line logged from this context on (and from threads given a copy of it).
 
-    Returns the token for :func:`unbind`; a worker that binds per message may also just bind again, as
-    later fields replace earlier ones of the same name. ``None`` removes a field.
+    Later fields replace earlier ones of the same name and ``None`` removes a field, so a worker that binds
+    per message just binds again (and :func:`clear` s between messages): nothing needs undoing.
     """
     merged = {**_context.get(), **fields}
-    return _context.set({k: v for k, v in merged.items() if v is not None})
-
-
-def unbind(token: contextvars.Token[Mapping[str, Any]]) -> None:
-    """Undo the :func:`bind` that returned ``token``."""
-    _context.reset(token)
+    _context.set({k: v for k, v in merged.items() if v is not None})
 
 
 def clear() -> None:

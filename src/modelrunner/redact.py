@@ -29,23 +29,36 @@ _PATTERNS = [
     re.compile(r"\b()(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
 ]
 
-_known: set[str] = set()
-_lock = threading.Lock()
+class Redactor:
+    """The patterns above plus the exact secret values registered with it, masked in any text."""
 
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
 
-def register(*secrets: str | None) -> None:
-    """Replace these exact values wherever they appear from now on (credentials this worker holds)."""
-    with _lock:
-        _known.update(s for s in secrets if s and len(s) >= 8)
+    def register(self, *secrets: str | None) -> None:
+        """Replace these exact values wherever they appear from now on (credentials this worker holds)."""
+        with self._lock:
+            self._known.update(s for s in secrets if s and len(s) >= 8)
 
-
-def redact(text: str) -> str:
-    """``text`` with every secret it holds replaced by ``[REDACTED]``."""
-    if not text:
+    def redact(self, text: str) -> str:
+        """``text`` with every secret it holds replaced by ``[REDACTED]``."""
+        if not text:
+            return text
+        with self._lock:
+            known = tuple(self._known)
+        for secret in known:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK, text)
         return text
-    for secret in tuple(_known):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    for pattern in _PATTERNS:
-        text = pattern.sub(lambda m: m.group(1) + MASK, text)
-    return text
+
+
+#: The process's one redactor, deliberately process-wide: log lines go through Python's logging, which is
+#: process-wide (any thread, any library, any module's logger), and a credential assumed by one job's
+#: thread must be masked in every line and status of the process, whoever writes it; an instance passed
+#: down would miss the lines written where it was not passed.
+SECRETS = Redactor()
+register = SECRETS.register
+redact = SECRETS.redact

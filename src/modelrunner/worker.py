@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import logs
 from .aws import is_transient
 from .errors import EndpointBusy, RequestError
-from .liveness import beat
+from .liveness import HeartbeatFile
 from .redact import redact
 from .requests import ImageRequest, RegionRequest
 from .runner.complete import fail_job, maybe_complete, publish_final
@@ -136,6 +136,7 @@ class Worker:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
+        self.liveness = HeartbeatFile(self.settings.heartbeat_file)
         self.sqs = services.aws.sqs
         self.stopping = threading.Event()
         self.abort = threading.Event()
@@ -167,7 +168,7 @@ class Worker:
         idle_since = time.monotonic()
         try:
             while not self.stopping.is_set():
-                beat(self.settings.heartbeat_file)  # the container's HEALTHCHECK reads it
+                self.liveness.beat()  # the container's HEALTHCHECK reads it
                 if max_messages is not None and handled >= max_messages:
                     break
                 if self.poll_once():

@@ -1,10 +1,19 @@
+"""features/convert.py: model answers to image and world features (the one-pass box placement gives what the
+general path gives), box polygons and the finishing of features."""
+
+import copy
+import json
+import math
+
 import numpy as np
 import pytest
 from osgeo import gdal, osr
 
 from modelrunner.errors import FeatureError
-from modelrunner.features.convert import box_polygon, finish, geolocate, to_image_features
+from modelrunner.features.convert import box_polygon, finish, geolocate, place_features, to_image_features
+from modelrunner.imagery.encode import encode_tile
 from modelrunner.imagery.geolocate import Geolocator
+from modelrunner.local.models import flood
 
 
 def fc(*features):
@@ -89,3 +98,90 @@ def test_finish_adds_metadata_and_drops_deprecated_properties():
     assert props["inferenceMetadata"] == {"jobId": "j", "inferenceDT": "2026-01-01T00:00:00Z"}
     assert props["team"] == "a" and props["keep"] == 1 and props["sourceMetadata"] == [{"format": "NITF"}]
     assert not {"bounds_imcoords", "detection_score", "image_id"} & set(props)
+
+
+# ---------- placing box features in one pass gives what the general path gives
+
+def _affine(points: np.ndarray) -> np.ndarray:
+    lon = -77.05 + points[:, 0] * 1e-5
+    lat = 38.9 - points[:, 1] * 1e-5
+    return np.stack([lon, lat, np.zeros(len(points))], axis=1)
+
+
+def _general(answer, col, row, to_world):
+    features = to_image_features(copy.deepcopy(answer), col, row)
+    geolocate(features, to_world)
+    return features
+
+
+def _box(i, *, bbox=True, ring=None, extra=None):
+    x, y = 10.5 * i, 7.25 * i
+    props = {"imageGeometry": {"type": "Polygon", "coordinates": [ring or [[x + 9, y], [x + 9, y + 4], [x, y + 4],
+                                                                             [x, y], [x + 9, y]]]},
+             "featureClasses": [{"iri": "car", "score": 0.5 + i / 100}]}
+    if bbox:
+        props["imageBBox"] = [x, y, x + 9, y + 4]
+    props.update(extra or {})
+    return {"type": "Feature", "id": f"f{i}", "geometry": None, "properties": props}
+
+
+ANSWERS = {
+    "flood": flood(encode_tile(np.zeros((1, 512, 512), dtype=np.uint8), "PNG", "NONE"), count=40, seed=3),
+    "no bbox": {"type": "FeatureCollection", "features": [_box(i, bbox=False) for i in range(5)]},
+    "ints": {"features": [_box(1, ring=[[3, 1], [3, 8], [0, 8], [0, 1], [3, 1]])]},
+    "feature_types": {"features": [_box(2, extra={"feature_types": {"ship": 0.9}, "featureClasses": None})]},
+    "rotated": {"features": [_box(1, ring=[[0, 0], [5, 1], [4, 6], [-1, 5], [0, 0]]), _box(2)]},
+    "a point among boxes": {"features": [_box(1), {"type": "Feature", "properties": {
+        "imageGeometry": {"type": "Point", "coordinates": [3, 4]}}}]},
+    "3-D ring": {"features": [_box(1, ring=[[3, 1, 0], [3, 8, 0], [0, 8, 0], [0, 1, 0], [3, 1, 0]])]},
+    "bool in ring": {"features": [_box(1, ring=[[True, 1], [3, 8], [0, 8], [0, 1], [True, 1]])]},
+    "empty": {"type": "FeatureCollection", "features": []},
+    "no features": {"type": "FeatureCollection"},
+}
+
+
+for answer in ANSWERS.values():  # feature_types given, featureClasses absent
+    for feature in answer.get("features") or []:
+        if feature["properties"].get("featureClasses", 1) is None:
+            del feature["properties"]["featureClasses"]
+
+
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+@pytest.mark.parametrize("to_world", [_affine, None], ids=["world", "pixels only"])
+def test_placing_in_one_pass_equals_moving_then_geolocating(name, to_world):
+    answer = ANSWERS[name]
+    before = copy.deepcopy(answer)
+    got = place_features(answer, 384, 768, to_world)
+    assert got == _general(answer, 384, 768, to_world)
+    assert json.dumps(got) == json.dumps(_general(answer, 384, 768, to_world)), "same key order"
+    assert answer == before, "the model's answer is not changed"
+
+
+@pytest.mark.parametrize("bad", [
+    {"features": [_box(1, ring=[["1", 1], [3, 8], [0, 8], [0, 1], ["1", 1]])]},
+    {"features": [_box(1, ring=[[math.nan, 1], [3, 8], [0, 8], [0, 1], [math.nan, 1]])]},
+    {"features": [_box(1, extra={"imageBBox": [1, 2, 3]})]},
+    {"features": [_box(1, extra={"imageBBox": None})]},
+    {"features": [_box(1, extra={"featureClasses": "car"})]},
+    {"features": [_box(1, extra={"imageBBox": [1, {"x": 2}, 3, 4]})]},
+    {"features": [_box(1, ring=[[3, 1], [3, 8], "1", [0, 1], [3, 1]])]},
+    {"features": [_box(1, ring=[1, 2, 3, 4])]},  # positions one array too shallow for a Polygon
+    {"features": [_box(1, ring=[[3, 1], [3, 8, 0, [1]], [0, 8], [0, 1], [3, 1]])]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": ["Polygon"], "coordinates": []}})]},
+    {"features": [_box(1, extra={"imageGeometry": 3.0})]},
+    {"features": [_box(1, extra={"imageBBox": [0, 0, 10 ** 400, 1]})]},  # a big int json keeps, beyond float
+    {"features": [_box(1, extra={"imageBBox": [1, 2, 3]}), _box(2, ring=[[10 ** 400, 1], [3, 8], [0, 8], [0, 1],
+                                                                       [10 ** 400, 1]])]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": "LineString", "coordinates": [[1, 2]]}})]},
+    {"features": [_box(1, extra={"imageGeometry": {"type": "Polygon",
+                                                   "coordinates": [[[0, 0], [1, 1]], [[0, 0], [1, 1]]]}})]},
+    {"features": [{"type": "Feature", "properties": None}]},
+    {"features": "nope"},
+    ["not", "an", "object"],
+])
+def test_bad_features_fail_their_tile_the_same_way(bad):
+    with pytest.raises(FeatureError) as general:
+        _general(bad, 0, 0, _affine)
+    with pytest.raises(FeatureError) as fast:
+        place_features(copy.deepcopy(bad), 0, 0, _affine)
+    assert str(fast.value) == str(general.value)

@@ -19,24 +19,25 @@ ENV = {"AWS_DEFAULT_REGION": "us-east-1", "JOB_TABLE": "j", "REGION_REQUEST_TABL
 
 def test_beat_creates_the_file_then_moves_its_mtime(tmp_path):
     path = tmp_path / "hb"
-    liveness.beat(str(path))
+    liveness.HeartbeatFile(str(path)).beat()
     assert path.exists()
     os.utime(path, (1000.0, 1000.0))
-    liveness.beat(str(path))
+    liveness.HeartbeatFile(str(path)).beat()
     assert path.stat().st_mtime > 1000.0
 
 
 def test_beat_without_a_path_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    liveness.beat(None)
-    liveness.beat("")
+    liveness.HeartbeatFile(None).beat()
+    liveness.HeartbeatFile("").beat()
     assert list(tmp_path.iterdir()) == []
 
 
 def test_beat_on_an_unwritable_path_logs_once_and_does_not_raise(tmp_path, caplog):
     path = str(tmp_path / "missing-dir" / "hb")
-    liveness.beat(path)
-    liveness.beat(path)
+    heartbeat = liveness.HeartbeatFile(path)
+    heartbeat.beat()
+    heartbeat.beat()
     assert [r.getMessage() for r in caplog.records].count(
         f"cannot write the heartbeat file {path}: [Errno 2] No such file or directory: '{path}'") == 1
 
@@ -55,7 +56,7 @@ def test_check_fresh_stale_missing_and_unset(tmp_path):
 
 def test_main_reads_the_environment_and_exits_1_when_stale(tmp_path, monkeypatch, capsys):
     path = tmp_path / "hb"
-    liveness.beat(str(path))
+    liveness.HeartbeatFile(str(path)).beat()
     monkeypatch.setenv("MR_HEARTBEAT_FILE", str(path))
     monkeypatch.delenv("MR_HEARTBEAT_MAX_AGE", raising=False)
     assert liveness.main([]) == 0
@@ -93,8 +94,10 @@ def test_the_worker_loop_beats_on_every_poll(tmp_path, monkeypatch, configured):
     sqs = _EmptyQueues()
     services = SimpleNamespace(settings=Settings.from_env(env), aws=SimpleNamespace(sqs=sqs))
     beats: list[str | None] = []
-    monkeypatch.setattr("modelrunner.worker.beat", lambda p: (beats.append(p), liveness.beat(p)))
     worker = Worker(services)  # type: ignore[arg-type]
+    assert worker.liveness.path == services.settings.heartbeat_file
+    beat = worker.liveness.beat
+    monkeypatch.setattr(worker.liveness, "beat", lambda: (beats.append(worker.liveness.path), beat()))
     worker.run(max_messages=None, idle_exit_s=0.2)
     assert sqs.polls >= 2 and beats == [services.settings.heartbeat_file] * sqs.polls
     assert path.exists() is configured

@@ -3,12 +3,14 @@ limits and pending final statuses, in-process against moto's SQS, SNS and Dynamo
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import zlib
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from modelrunner.aws import AwsClients
 from modelrunner.config import Settings
@@ -18,7 +20,7 @@ from modelrunner.local.stack import create_resources
 from modelrunner.runner.complete import job_outcome
 from modelrunner.runner.services import Services
 from modelrunner.sinks import SinkResult
-from modelrunner.worker import MAX_VISIBILITY_SECONDS, Heartbeat, Outcome, Worker
+from modelrunner.worker import GC_YOUNG_THRESHOLD, MAX_VISIBILITY_SECONDS, Heartbeat, Outcome, Worker, settle_heap
 
 
 class Model:
@@ -317,3 +319,64 @@ def test_an_output_that_cannot_be_written_for_now_leaves_the_job_to_retry(world,
     assert worker.handle_image(message) is Outcome.DONE
     assert [s[1] for s in statuses(res)] == ["SUCCESS"]
     assert res.client("s3").get_object(Bucket=res.bucket, Key="out/j1.geojson")["ContentLength"] > 0
+
+
+# ---------- an image message whose job failed for good
+
+@pytest.fixture
+def worker(moto_aws: None) -> Any:
+    res = create_resources(None, prefix="wf")
+    settings = Settings(aws_region="us-east-1", job_table=res.job_table, region_table=res.region_table,
+                        endpoint_table=res.endpoint_table, feature_table=res.feature_table,
+                        image_queue=res.image_queue, region_queue=res.region_queue, workers=1,
+                        image_status_topic=res.image_topic, region_status_topic=res.region_topic)
+    services = Services.create(settings, AwsClients("us-east-1"), metrics=False)
+    statuses: list[tuple[str, dict[str, Any]]] = []
+    services.status.listener = lambda message, attrs: statuses.append((message, attrs))
+    worker = Worker(services)
+    yield worker, statuses
+    worker.heartbeat.stop()
+
+
+def test_a_job_whose_row_is_refused_fails_under_its_own_job_id(worker: Any) -> None:
+    """DynamoDB refused the job row itself (a permanent error): the FAILED status and row name the job,
+    instead of a row written by the failure path with no job id, and a status for job ''."""
+    worker, statuses = worker
+    services = worker.services
+    refused = ClientError({"Error": {"Code": "ValidationException",
+                                     "Message": "Item size has exceeded the maximum allowed size"},
+                           "ResponseMetadata": {"HTTPStatusCode": 400}}, "PutItem")
+
+    def create(_request: Any, _start_ms: Any = None, message_id: str = "") -> bool:
+        raise refused
+
+    services.jobs.create = create  # type: ignore[method-assign]
+    body = {"jobId": "refused", "imageUrls": ["s3://images/k.tif"], "imageProcessor": {"name": "ep"},
+            "outputs": [{"type": "S3", "bucket": "results"}]}
+    message = {"MessageId": "m-1", "ReceiptHandle": "r-1", "Body": json.dumps(body), "Attributes": {}}
+
+    assert worker.handle_image(message) is Outcome.DONE
+    [(text, attrs)] = statuses
+    assert attrs["status"] == "FAILED" and attrs["job_id"] == "refused"
+    assert text == ("StatusMonitor update: RequestStatus.FAILED refused: An error occurred (ValidationException) "
+                    "when calling the PutItem operation: Item size has exceeded the maximum allowed size")
+    row = services.jobs.get("refused:s3://images/k.tif")
+    assert row["job_status"] == "FAILED" and row["job_id"] == "refused" and row["status_published"] is True
+
+
+# ---------- the process-level heap settings: start-up objects out of the collector's sight
+
+def test_settle_heap_freezes_start_up_and_raises_the_young_threshold():
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        # Cycles made afterwards are still collected.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -27,10 +27,6 @@ DEFAULT_EXTENSION = ".tif"
 #: Above this many DEM pixels, heights are read per point (2 x 2 windows) instead of one window.
 _WINDOW_LIMIT = 1024 * 1024
 
-_resolved: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
-
-
 def normalise_extension(extension: str | None) -> str:
     """``tif`` / ``.tif`` / None -> ``.tif`` (the setting is read from the environment once, by
     ``config.Settings``; nothing here reads the environment)."""
@@ -39,37 +35,55 @@ def normalise_extension(extension: str | None) -> str:
     return value if value.startswith(".") else "." + value
 
 
-def resolve_dem(location: str, extension: str | None = None) -> str:
-    """The GDAL path of the DEM at ``location``: the file, or the VRT mosaic of the folder's tiles."""
-    configure_gdal()
-    suffix = normalise_extension(extension)
-    key = (location, suffix)
-    with _lock:
-        if key in _resolved:
-            return _resolved[key]
-        path = gdal_path(location)
-        if "://" not in location and not path.startswith("/vsi"):
-            path = os.path.abspath(path)
-        stat = gdal.VSIStatL(path)
-        if stat is None:
-            raise ImageError(f"ELEVATION_DATA_LOCATION {location} does not exist")
-        if not stat.IsDirectory():
-            _resolved[key] = path
-            return path
-        names = gdal.ReadDirRecursive(path) or []
-        tiles = sorted(f"{path.rstrip('/')}/{name}" for name in names if name.lower().endswith(suffix.lower()))
-        if not tiles:
-            raise ImageError(f"ELEVATION_DATA_LOCATION {location} holds no *{suffix} elevation tiles")
-        vrt = f"/vsimem/modelrunner-dem-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.vrt"
-        try:
-            mosaic = gdal.BuildVRT(vrt, tiles)
-        except RuntimeError as err:
-            raise ImageError(f"cannot mosaic the elevation tiles of {location}: {err}") from None
-        if mosaic is None:
-            raise ImageError(f"cannot mosaic the elevation tiles of {location}")
-        mosaic = None  # written to /vsimem/ on close
-        _resolved[key] = vrt
-        return vrt
+class DemMosaics:
+    """The GDAL path of each elevation location, with the folders' VRT mosaics built once.
+
+    Process-wide (:data:`DEM_MOSAICS`), deliberately: a mosaic lives in GDAL's ``/vsimem/``, which is
+    process-wide, and every thread's RPC transformer reads the same one; an owner per worker object could
+    only rebuild what the process already holds.
+    """
+
+    def __init__(self) -> None:
+        self._resolved: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, location: str, extension: str | None = None) -> str:
+        """The GDAL path of the DEM at ``location``: the file, or the VRT mosaic of the folder's tiles."""
+        configure_gdal()
+        suffix = normalise_extension(extension)
+        key = (location, suffix)
+        with self._lock:
+            if key in self._resolved:
+                return self._resolved[key]
+            path = gdal_path(location)
+            if "://" not in location and not path.startswith("/vsi"):
+                path = os.path.abspath(path)
+            stat = gdal.VSIStatL(path)
+            if stat is None:
+                raise ImageError(f"ELEVATION_DATA_LOCATION {location} does not exist")
+            if not stat.IsDirectory():
+                self._resolved[key] = path
+                return path
+            names = gdal.ReadDirRecursive(path) or []
+            tiles = sorted(f"{path.rstrip('/')}/{name}" for name in names
+                           if name.lower().endswith(suffix.lower()))
+            if not tiles:
+                raise ImageError(f"ELEVATION_DATA_LOCATION {location} holds no *{suffix} elevation tiles")
+            vrt = f"/vsimem/modelrunner-dem-{hashlib.sha1(repr(key).encode()).hexdigest()[:16]}.vrt"
+            try:
+                mosaic = gdal.BuildVRT(vrt, tiles)
+            except RuntimeError as err:
+                raise ImageError(f"cannot mosaic the elevation tiles of {location}: {err}") from None
+            if mosaic is None:
+                raise ImageError(f"cannot mosaic the elevation tiles of {location}")
+            mosaic = None  # written to /vsimem/ on close
+            self._resolved[key] = vrt
+            return vrt
+
+
+#: The process's mosaics (see :class:`DemMosaics` for why one per process).
+DEM_MOSAICS = DemMosaics()
+resolve_dem = DEM_MOSAICS.resolve
 
 
 class ElevationSampler:

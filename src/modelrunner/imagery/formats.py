@@ -3,7 +3,7 @@
 The reference accepted every pair of its four formats and four compressions and silently wrote something
 else for five of them (GTIFF+J2K was LZW, NITF+LZW was JPEG 2000, PNG and JPEG ignored the compression).
 Here a pair either does what it says or is rejected when the request is validated, naming both halves.
-The matrix was measured with GDAL 3.6.2 (see ``doc/tile-formats.md`` and ``test/unit/test_tile_formats.py``).
+The matrix was measured with GDAL 3.6.2 (see ``doc/tile-formats.md`` and ``test/unit/test_imagery_formats.py``).
 
 This module is imported by request validation, so it must stay light: GDAL is only imported to ask
 whether a JPEG 2000 writer exists, once, when a J2K pair is first checked.

@@ -90,7 +90,16 @@ class Geolocator:
         self._dataset = dataset  # the transformer may refer to it
         self._lock = threading.Lock()
         self.kind = georef.kind
+        #: Whether heights come from the elevation model (reported in the job's "started" record).
         self.uses_dem = self._elevation is not None
+
+    def close(self) -> None:
+        """Drop the transformer, the image dataset it refers to and the elevation model (closing their GDAL
+        handles); the geolocator cannot be used afterwards. Idempotent."""
+        with self._lock:
+            self._transformer = None
+            self._dataset = None
+            self._elevation = None
 
     @classmethod
     def for_dataset(cls, dataset: gdal.Dataset, dem_path: str | None = None,
@@ -119,6 +128,8 @@ class Geolocator:
         if len(points) == 0:
             return np.zeros((0, 3))
         with self._lock:
+            if self._transformer is None:
+                raise ImageError("the image's geolocator is closed")
             out, ok = self._transformer.TransformPoints(0, points)
             # A list of (x, y, z) tuples: read as one flat run, twice as fast as np.asarray on the tuples.
             result = np.fromiter(chain.from_iterable(out), np.float64, count=3 * len(out)).reshape(-1, 3)
@@ -135,6 +146,8 @@ class Geolocator:
         """(n, 2) lon, lat -> (n, 2) pixel x, y (used to bring a region of interest into the image)."""
         points = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
         with self._lock:
+            if self._transformer is None:
+                raise ImageError("the image's geolocator is closed")
             out, ok = self._transformer.TransformPoints(1, points)
         if not all(ok):
             raise ImageError("world -> pixel failed for some region-of-interest vertices")

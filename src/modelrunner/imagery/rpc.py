@@ -16,6 +16,10 @@ would be moved by up to 5e-5 degrees, about 5 m, by GDAL's rounding). So the chi
 
 This is algebra on GDAL's RPC metadata; evaluating the model stays GDAL's job (tests compare GDAL's RPC
 transformer on the chip with GDAL's transformer on the image).
+
+This module also owns the RPC00B field rules (widths, signs, decimals, limits) and the TRE formatter
+:func:`format_rpc00b`: the synthetic scene generator (:mod:`modelrunner.local.scene`) builds its models
+in the same precision and writes its TRE with it, so the rules live in one place.
 """
 
 from __future__ import annotations
@@ -31,6 +35,25 @@ TERMS: tuple[tuple[int, int, int], ...] = (
     (1, 1, 1), (3, 0, 0), (1, 2, 0), (1, 0, 2), (2, 1, 0), (0, 3, 0), (0, 1, 2), (2, 0, 1), (0, 2, 1), (0, 0, 3),
 )
 _INDEX = {exponents: i for i, exponents in enumerate(TERMS)}
+
+# RPC00B field rules (STDI-0002 Appendix E). Pixel offsets and scales are whole pixels, LINE_* in 6
+# digits and SAMP_* in 5; HEIGHT_* whole metres, signed, 4 digits; LAT / LONG offsets and scales signed
+# with 4 decimals; ERR_* unsigned with 2 decimals; coefficients ``+d.ddddddE+d`` (7 significant digits).
+LINE_LIMIT = 999999
+SAMP_LIMIT = 99999
+HEIGHT_LIMIT = 9999
+GROUND_DECIMALS = 4
+ERR_LIMIT = 9999.99
+TRE_LENGTH = 1041
+# (field, format, width) of the 13 fixed fields after SUCCESS, in TRE order; "d" formats take whole numbers.
+_FIELDS: tuple[tuple[str, str, int], ...] = (
+    ("ERR_BIAS", "07.2f", 7), ("ERR_RAND", "07.2f", 7),
+    ("LINE_OFF", "06d", 6), ("SAMP_OFF", "05d", 5),
+    ("LAT_OFF", "+08.4f", 8), ("LONG_OFF", "+09.4f", 9), ("HEIGHT_OFF", "+05d", 5),
+    ("LINE_SCALE", "06d", 6), ("SAMP_SCALE", "05d", 5),
+    ("LAT_SCALE", "+08.4f", 8), ("LONG_SCALE", "+09.4f", 9), ("HEIGHT_SCALE", "+05d", 5),
+)
+_COEFFICIENT_KEYS = ("LINE_NUM_COEFF", "LINE_DEN_COEFF", "SAMP_NUM_COEFF", "SAMP_DEN_COEFF")
 
 
 def _coefficients(rpc: Mapping[str, str], key: str) -> np.ndarray:
@@ -59,14 +82,48 @@ def substitute(coefficients: np.ndarray, scale: tuple[float, float, float],
     return out
 
 
-def _rpc00b_number(value: float) -> float:
-    """The nearest value an RPC00B coefficient field (``+d.ddddddE+d``) holds."""
+def rpc00b_number(value: float) -> float:
+    """The nearest value an RPC00B coefficient field (``+d.ddddddE+d``) holds; under 1e-9 it is 0."""
     if abs(value) < 1e-9:
         return 0.0
     rounded = float(f"{value:.6e}")
     if abs(rounded) >= 1e10:
         raise ValueError(f"RPC coefficient {value} does not fit RPC00B")
     return rounded
+
+
+def _coefficient_field(value: float) -> str:
+    """``+d.ddddddE+d``: the 12-character RPC00B coefficient field."""
+    if rpc00b_number(value) == 0.0:
+        return "+0.000000E+0"
+    mantissa, exponent = f"{value:+.6E}".split("E")
+    return f"{mantissa}E{int(exponent):+d}"
+
+
+def _fixed_field(name: str, value: float, fmt: str, width: int) -> str:
+    text = format(round(value) if fmt.endswith("d") else value, fmt)
+    if len(text) != width:
+        raise ValueError(f"RPC field {name}={value} does not fit RPC00B ({width} characters)")
+    return text
+
+
+def format_rpc00b(rpc: Mapping[str, str]) -> str:
+    """Format GDAL RPC metadata as the 1041-character RPC00B TRE body (values rounded to its fields).
+
+    Needed where GDAL does not write the TRE itself: NITF Create() mode ignores the RPC metadata domain
+    (only CreateCopy writes RPC00B from it). Values that do not fit their field raise ``ValueError``.
+    """
+    parts = ["1"]  # SUCCESS
+    for name, fmt, width in _FIELDS:
+        value = float(rpc[name])
+        parts.append(_fixed_field(name, max(value, 0.0) if name.startswith("ERR_") else value, fmt, width))
+    for key in _COEFFICIENT_KEYS:
+        values = _coefficients(rpc, key)
+        parts.extend(_coefficient_field(float(v)) for v in values)
+    tre = "".join(parts)
+    if len(tre) != TRE_LENGTH:
+        raise ValueError(f"RPC00B TRE of {len(tre)} characters, expected {TRE_LENGTH}")
+    return tre
 
 
 def _clamp(value: float, lo: float, hi: float) -> float:
@@ -84,18 +141,18 @@ def chip_rpc00b(rpc: Mapping[str, str], col: int, row: int, width: int, height: 
         new_scale = max(round(scale, decimals), minimum)
         return new_offset, new_scale, new_scale / scale, (new_offset - offset) / scale
 
-    lon_off, lon_scale, a_lon, b_lon = ground("LONG", 4, 180.0, 1e-4)
-    lat_off, lat_scale, a_lat, b_lat = ground("LAT", 4, 90.0, 1e-4)
-    h_off, h_scale, a_h, b_h = ground("HEIGHT", 0, 9999.0, 1.0)
+    lon_off, lon_scale, a_lon, b_lon = ground("LONG", GROUND_DECIMALS, 180.0, 10.0 ** -GROUND_DECIMALS)
+    lat_off, lat_scale, a_lat, b_lat = ground("LAT", GROUND_DECIMALS, 90.0, 10.0 ** -GROUND_DECIMALS)
+    h_off, h_scale, a_h, b_h = ground("HEIGHT", 0, float(HEIGHT_LIMIT), 1.0)
     scale, shift = (a_lon, a_lat, a_h), (b_lon, b_lat, b_h)
 
     out: dict[str, str] = {
-        "ERR_BIAS": repr(_clamp(float(rpc.get("ERR_BIAS", 0.0)), 0.0, 9999.99)),
-        "ERR_RAND": repr(_clamp(float(rpc.get("ERR_RAND", 0.0)), 0.0, 9999.99)),
+        "ERR_BIAS": repr(_clamp(float(rpc.get("ERR_BIAS", 0.0)), 0.0, ERR_LIMIT)),
+        "ERR_RAND": repr(_clamp(float(rpc.get("ERR_RAND", 0.0)), 0.0, ERR_LIMIT)),
         "LAT_OFF": repr(lat_off), "LONG_OFF": repr(lon_off), "HEIGHT_OFF": repr(h_off),
         "LAT_SCALE": repr(lat_scale), "LONG_SCALE": repr(lon_scale), "HEIGHT_SCALE": repr(h_scale),
     }
-    for axis, origin, size, limit in (("LINE", row, height, 999999), ("SAMP", col, width, 99999)):
+    for axis, origin, size, limit in (("LINE", row, height, LINE_LIMIT), ("SAMP", col, width, SAMP_LIMIT)):
         offset, pixel_scale = float(rpc[f"{axis}_OFF"]), float(rpc[f"{axis}_SCALE"])
         new_offset = size // 2
         new_scale = _clamp(round(pixel_scale), 1, limit)
@@ -107,6 +164,6 @@ def chip_rpc00b(rpc: Mapping[str, str], col: int, row: int, width: int, height: 
             numerator, denominator = numerator / denominator[0], denominator / denominator[0]
         out[f"{axis}_OFF"] = str(new_offset)
         out[f"{axis}_SCALE"] = str(int(new_scale))
-        out[f"{axis}_NUM_COEFF"] = " ".join(repr(_rpc00b_number(v)) for v in numerator)
-        out[f"{axis}_DEN_COEFF"] = " ".join(repr(_rpc00b_number(v)) for v in denominator)
+        out[f"{axis}_NUM_COEFF"] = " ".join(repr(rpc00b_number(v)) for v in numerator)
+        out[f"{axis}_DEN_COEFF"] = " ".join(repr(rpc00b_number(v)) for v in denominator)
     return out

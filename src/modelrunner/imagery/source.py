@@ -36,25 +36,34 @@ GDAL_OPTIONS: dict[str, str] = {
     "CPL_DEBUG": "OFF",
 }
 
-_configured = threading.Lock()
-_done = False
+class GdalConfig:
+    """Sets GDAL's options once (exceptions on, bounded caches); later calls add ``extra``.
+
+    Process-wide (:data:`GDAL_CONFIG`), deliberately: GDAL's config options and exception mode belong to
+    the process, so the record of whether they were set must too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.done = False
+
+    def configure(self, extra: Mapping[str, str] | None = None) -> None:
+        """Set the defaults once; an option already in the environment is the operator's choice and is left
+        to GDAL (a config option set here would override it)."""
+        with self._lock:
+            if not self.done:
+                gdal.UseExceptions()
+                for key, value in GDAL_OPTIONS.items():
+                    if key not in os.environ:
+                        gdal.SetConfigOption(key, value)
+                self.done = True
+            for key, value in (extra or {}).items():
+                gdal.SetConfigOption(key, value)
 
 
-def configure_gdal(extra: Mapping[str, str] | None = None) -> None:
-    """Set GDAL's process-wide options once (exceptions on, bounded caches); later calls add ``extra``.
-
-    An option already in the environment is the operator's choice and is left to GDAL (a config option set
-    here would override it)."""
-    global _done
-    with _configured:
-        if not _done:
-            gdal.UseExceptions()
-            for key, value in GDAL_OPTIONS.items():
-                if key not in os.environ:
-                    gdal.SetConfigOption(key, value)
-            _done = True
-        for key, value in (extra or {}).items():
-            gdal.SetConfigOption(key, value)
+#: GDAL's process-wide options (see :class:`GdalConfig`).
+GDAL_CONFIG = GdalConfig()
+configure_gdal = GDAL_CONFIG.configure
 
 
 def gdal_path(url: str) -> str:
@@ -96,6 +105,8 @@ class _ReadCredentials:
             gdal.ClearPathSpecificOptions(prefix)
 
 
+#: Process-wide, like the GDAL path-specific options it counts users of: two images of one bucket opened
+#: by different threads share the bucket's options, which must outlive both.
 _read_credentials = _ReadCredentials()
 
 

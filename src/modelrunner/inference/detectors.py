@@ -45,7 +45,9 @@ class Detector(Protocol):
     def __call__(self, payload: bytes) -> dict[str, Any]: ...
 
 
-def _parse(body: bytes, source: str) -> dict[str, Any]:
+def parse_answer(body: bytes, source: str) -> dict[str, Any]:
+    """A model's answer as a JSON object, read as ``json`` would read it; anything else is an
+    InferenceError naming ``source`` (the endpoint), so that the tile fails with a reason."""
     try:
         answer = _loads(body)
     except (ValueError, UnicodeDecodeError) as err:
@@ -108,7 +110,7 @@ class SageMakerDetector:
         if self.metrics is not None:
             self.metrics.record("ModelInvocation", {"ModelName": self.name}, time.perf_counter() - started,
                                 retries=_retries(response))
-        return _parse(body, f"SageMaker endpoint {self.name}")
+        return parse_answer(body, f"SageMaker endpoint {self.name}")
 
 
 def _retries(response: Mapping[str, Any]) -> int:
@@ -154,7 +156,7 @@ class HttpDetector:
                                  retriable=response.status in self.RETRY_STATUSES,
                                  endpoint_down=response.status in self.DOWN_STATUSES,
                                  throttled=response.status in (429, 503))
-        return _parse(response.data, f"HTTP endpoint {self.name}")
+        return parse_answer(response.data, f"HTTP endpoint {self.name}")
 
     def _record(self, started: float, response: urllib3.BaseHTTPResponse | None, *, error: bool) -> None:
         """One ModelInvocation event; retries and 429 answers from urllib3's retry history."""

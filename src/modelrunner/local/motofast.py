@@ -31,6 +31,10 @@ what stock moto 5.2 sends (``test/unit/test_motofast.py`` compares them call by 
 
 The PutRecords answer is also rendered as plain JSON (:func:`_kinesis_put_records`). :func:`patch` applies
 all of these (idempotent); :func:`unpatch` restores stock moto (tests compare both).
+
+Its module-level state (the saved originals, the per-thread range, the serializer cache) stays module
+state on purpose: it patches moto's classes in this process, which are process-wide, and
+:func:`unpatch` must find what :func:`patch` replaced whoever calls it.
 """
 
 from __future__ import annotations

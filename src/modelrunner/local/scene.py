@@ -46,7 +46,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..imagery.encode import igeolo_dms
+from ..imagery.rpc import GROUND_DECIMALS, LINE_LIMIT, SAMP_LIMIT, format_rpc00b, rpc00b_number
 
 # Exceptions rather than None returns: a failed write must not pass silently.
 gdal.UseExceptions()
@@ -176,13 +177,6 @@ def scene_geotransform(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _round_significant(value: float, digits: int = 7) -> float:
-    """Round to ``digits`` significant digits (RPC00B coefficients); values under 1e-9 become 0."""
-    if abs(value) < 1e-9:
-        return 0.0
-    return float(f"{value:.{digits - 1}e}")
-
-
 def _rpc_scale(step: float, size: int, limit: int) -> tuple[int, float]:
     """Pick ``(pixel_scale, world_scale)`` near the half extent with world_scale = pixel_scale * step exactly.
 
@@ -190,14 +184,15 @@ def _rpc_scale(step: float, size: int, limit: int) -> tuple[int, float]:
     spans a whole number of 1e-4 units, a multiple of it close to half the extent makes the linear
     coefficient exactly 1. Otherwise the closest representable pair is used (the coefficient absorbs it).
     """
+    per_unit = 10**GROUND_DECIMALS  # world scale units per degree
     half = max(1, size // 2)
     for multiple in range(1, 10001):
-        units = multiple * step * 1e4
+        units = multiple * step * per_unit
         if abs(units - round(units)) < 1e-6 and round(units) >= 1:
             pixel_scale = min(max(1, round(half / multiple)) * multiple, (limit // multiple) * multiple)
-            return pixel_scale, round(pixel_scale * step, 4)
+            return pixel_scale, round(pixel_scale * step, GROUND_DECIMALS)
     pixel_scale = min(half, limit)
-    return pixel_scale, max(round(pixel_scale * step, 4), 1e-4)
+    return pixel_scale, max(round(pixel_scale * step, GROUND_DECIMALS), 1 / per_unit)
 
 
 def linear_rpc(geotransform: GeoTransform, width: int, height: int) -> dict[str, str]:
@@ -214,17 +209,17 @@ def linear_rpc(geotransform: GeoTransform, width: int, height: int) -> dict[str,
         raise ValueError(f"need a north-up geotransform, got {geotransform}")
     dy = -neg_dy
     samp_off, line_off = width // 2, height // 2
-    samp_scale, long_scale = _rpc_scale(dx, width, 99999)
-    line_scale, lat_scale = _rpc_scale(dy, height, 999999)
+    samp_scale, long_scale = _rpc_scale(dx, width, SAMP_LIMIT)
+    line_scale, lat_scale = _rpc_scale(dy, height, LINE_LIMIT)
     # GDAL RPC convention: the centre of the first pixel is (0, 0), hence the 0.5.
-    long_off = round(x0 + (samp_off + 0.5) * dx, 4)
-    lat_off = round(y0 - (line_off + 0.5) * dy, 4)
+    long_off = round(x0 + (samp_off + 0.5) * dx, GROUND_DECIMALS)
+    lat_off = round(y0 - (line_off + 0.5) * dy, GROUND_DECIMALS)
     samp = [0.0] * 20
-    samp[0] = _round_significant(((long_off - x0) / dx - 0.5 - samp_off) / samp_scale)
-    samp[1] = _round_significant(long_scale / (dx * samp_scale))
+    samp[0] = rpc00b_number(((long_off - x0) / dx - 0.5 - samp_off) / samp_scale)
+    samp[1] = rpc00b_number(long_scale / (dx * samp_scale))
     line = [0.0] * 20
-    line[0] = _round_significant(((y0 - lat_off) / dy - 0.5 - line_off) / line_scale)
-    line[2] = _round_significant(-lat_scale / (dy * line_scale))
+    line[0] = rpc00b_number(((y0 - lat_off) / dy - 0.5 - line_off) / line_scale)
+    line[2] = rpc00b_number(-lat_scale / (dy * line_scale))
     den = [1.0] + [0.0] * 19
 
     def coefficients(values: list[float]) -> str:
@@ -248,60 +243,6 @@ def linear_rpc(geotransform: GeoTransform, width: int, height: int) -> dict[str,
         "SAMP_NUM_COEFF": coefficients(samp),
         "SAMP_DEN_COEFF": coefficients(den),
     }
-
-
-def _rpc00b_coefficient(value: float) -> str:
-    """``+d.ddddddE+d``: the 12-character RPC00B coefficient field."""
-    if abs(value) < 1e-9:
-        return "+0.000000E+0"
-    mantissa, exponent = f"{value:+.6E}".split("E")
-    power = int(exponent)
-    if not -9 <= power <= 9:
-        raise ValueError(f"RPC coefficient {value} does not fit RPC00B")
-    return f"{mantissa}E{power:+d}"
-
-
-def _fixed(value: float, fmt: str, width: int, name: str) -> str:
-    text = format(value, fmt)
-    if len(text) != width:
-        raise ValueError(f"RPC field {name}={value} does not fit RPC00B ({width} characters)")
-    return text
-
-
-def format_rpc00b(rpc: Mapping[str, str]) -> str:
-    """Format GDAL RPC metadata as the 1041-character RPC00B TRE body (values rounded to its fields)."""
-
-    def number(key: str) -> float:
-        return float(rpc[key])
-
-    parts = [
-        "1",  # SUCCESS
-        _fixed(max(number("ERR_BIAS"), 0.0), "07.2f", 7, "ERR_BIAS"),
-        _fixed(max(number("ERR_RAND"), 0.0), "07.2f", 7, "ERR_RAND"),
-        _fixed(round(number("LINE_OFF")), "06d", 6, "LINE_OFF"),
-        _fixed(round(number("SAMP_OFF")), "05d", 5, "SAMP_OFF"),
-        _fixed(number("LAT_OFF"), "+08.4f", 8, "LAT_OFF"),
-        _fixed(number("LONG_OFF"), "+09.4f", 9, "LONG_OFF"),
-        _fixed(round(number("HEIGHT_OFF")), "+05d", 5, "HEIGHT_OFF"),
-        _fixed(round(number("LINE_SCALE")), "06d", 6, "LINE_SCALE"),
-        _fixed(round(number("SAMP_SCALE")), "05d", 5, "SAMP_SCALE"),
-        _fixed(number("LAT_SCALE"), "+08.4f", 8, "LAT_SCALE"),
-        _fixed(number("LONG_SCALE"), "+09.4f", 9, "LONG_SCALE"),
-        _fixed(round(number("HEIGHT_SCALE")), "+05d", 5, "HEIGHT_SCALE"),
-    ]
-    for key in ("LINE_NUM_COEFF", "LINE_DEN_COEFF", "SAMP_NUM_COEFF", "SAMP_DEN_COEFF"):
-        values = [float(v) for v in rpc[key].split()]
-        if len(values) != 20:
-            raise ValueError(f"{key} needs 20 coefficients, got {len(values)}")
-        parts.extend(_rpc00b_coefficient(v) for v in values)
-    tre = "".join(parts)
-    assert len(tre) == 1041, len(tre)
-    return tre
-
-
-# ---------------------------------------------------------------------------------------------------------
-# NITF georeferencing fields
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _corner_centres(gt: GeoTransform, width: int, height: int) -> list[tuple[float, float]]:

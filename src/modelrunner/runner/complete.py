@@ -22,7 +22,7 @@ from ..aws import is_transient
 from ..errors import SinkError
 from ..features.convert import Relocate, relocator
 from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
-from ..imagery.geolocate import Geolocator
+from ..imagery.context import ImageContext
 from ..metrics import input_format
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, Output, S3Output
 from ..sinks import SinkResult, write_kinesis, write_s3
@@ -106,15 +106,23 @@ def _renew(services: Services, image_id: str, period: float, stop: threading.Eve
 
 
 def complete(services: Services, image_id: str) -> str | None:
+    """Merge the job's region results, write its outputs and end it; the image, opened only when a seam
+    merge needs world coordinates, stays open while the outputs stream and is closed on every path."""
     started = time.monotonic()
     job = services.jobs.get(image_id)
     request = ImageRequest.from_dict(json.loads(job["request"]))
+    with _LazyRelocate(services, request) as relocate:
+        return _complete(services, image_id, job, request, relocate, started)
+
+
+def _complete(services: Services, image_id: str, job: dict[str, Any], request: ImageRequest,
+              relocate: Relocate, started: float) -> str | None:
     rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
     finished = {r["region_id"]: (str(r.get("result_attempt", "")), int(r["result_chunks"]))
                 for r in rows if int(r.get("result_chunks", 0))}
     results = services.features.region_results(image_id, finished)
     read_s = time.monotonic() - started
-    merged = merge_regions(rows, results, request.distillation, _LazyRelocate(services, request, job))
+    merged = merge_regions(rows, results, request.distillation, relocate)
     raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
     select_s = time.monotonic() - started
     log.info("job %s: %d features from %d regions read in %.2f s and merged in %.2f s (%d result bytes)",
@@ -276,23 +284,39 @@ def merge_regions(rows: list[dict[str, Any]], results: dict[str, PackedFeatureSe
 
 class _LazyRelocate:
     """Recomputes world coordinates of features a seam merge changed (NMM, joined masks), opening the
-    image only if some feature needs it."""
+    image only if some feature needs it. Features stream to the outputs after the merge (from several
+    sink threads), so the image stays open until :meth:`close` (``with``)."""
 
-    def __init__(self, services: Services, request: ImageRequest, job: dict[str, Any]) -> None:
-        self.services, self.request, self.job = services, request, job
+    def __init__(self, services: Services, request: ImageRequest) -> None:
+        self.services, self.request = services, request
         self._relocate: Relocate | None = None
+        self._image: ImageContext | None = None
+        self._lock = threading.Lock()
 
     def __call__(self, feature: dict[str, Any]) -> dict[str, Any]:
-        if self._relocate is None:
-            settings = self.services.settings
-            to_world = None
-            if self.request.georegistration != "NONE":
-                with self.services.open_image(self.request.image_url, self.request.image_read_role) as source:
-                    geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
-                                                        settings.elevation_data_extension)
-                to_world = geolocator.to_world if geolocator is not None else None
-            self._relocate = relocator(to_world)
-        return self._relocate(feature)
+        with self._lock:
+            if self._relocate is None:
+                to_world = None
+                if self.request.georegistration != "NONE":
+                    self._image = self.services.open_image(self.request.image_url, self.request.image_read_role)
+                    geolocator = self._image.geolocator
+                    to_world = geolocator.to_world if geolocator is not None else None
+                self._relocate = relocator(to_world)
+            relocate = self._relocate
+        return relocate(feature)
+
+    def close(self) -> None:
+        """Close the image if it was opened."""
+        with self._lock:
+            if self._image is not None:
+                self._image.close()
+                self._image = None
+
+    def __enter__(self) -> _LazyRelocate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def fail_job(services: Services, image_id: str, reason: str) -> bool:

@@ -113,14 +113,14 @@ def start_image(services: Services, request: ImageRequest,
 
     _check_outputs(services, request)
     _check_s3_object(services, request)
-    with services.open_image(request.image_url, request.image_read_role) as source:
+    with services.open_image(request.image_url, request.image_read_role) as image:
+        source, geolocator = image.source, image.geolocator
         _check_size(services, source)
-        geolocator = Geolocator.for_dataset(source.dataset, services.settings.elevation_data_location,
-                                            services.settings.elevation_data_extension)
         plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,
                           services.settings.region_size, request.roi_wkt, geolocator)
         info = source.info
         extents = _extents(geolocator, info.width, info.height)
+        sensor_model = "NONE" if geolocator is None else f"{geolocator.kind}{' over the DEM' * geolocator.uses_dem}"
     if not plan.regions:
         raise ImageError("no tile of the image lies in the regionOfInterest")
     regions = [RegionRequest.for_image(request, r.bounds, info.extension) for r in plan.regions]
@@ -137,7 +137,8 @@ def start_image(services: Services, request: ImageRequest,
     if created:
         services.status.image(Status.IN_PROGRESS, request.job_id, request.image_id, "Processing regions")
         services.jobs.record(request.image_id, "started",
-                             f"{info.width} x {info.height} pixels, {len(regions)} regions, {tile_total} tiles")
+                             f"{info.width} x {info.height} pixels, {len(regions)} regions, {tile_total} tiles, "
+                             f"sensor model {sensor_model}")
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
         services.regions.plan(region, index, planned.tile_count)
     job = services.jobs.get(request.image_id)

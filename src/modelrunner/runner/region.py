@@ -18,7 +18,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import relocator
 from ..features.seams import FeatureSet, Window, merge_seams
-from ..imagery.geolocate import Geolocator, Georeference
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
@@ -228,10 +227,8 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     limit.set_ceiling(concurrency)
     throttles_before = limit.throttles
     result = RegionResult()
-    with services.open_image(region.image_url, region.image_read_role) as source:
-        georef = Georeference.of(source.dataset)
-        geolocator = Geolocator.for_dataset(source.dataset, settings.elevation_data_location,
-                                            settings.elevation_data_extension)
+    with services.open_image(region.image_url, region.image_read_role) as image:
+        source, georef, geolocator = image.source, image.georef, image.geolocator
         plan = plan_image(source.info.width, source.info.height, region.tile_size, region.tile_overlap,
                           settings.region_size, job.get("roi_wkt"), geolocator)
         cols, rows = plan.grid.index_ranges(region.region_bounds)

@@ -11,7 +11,7 @@ from typing import Any
 from ..aws import AwsClients
 from ..config import Settings
 from ..failpoints import Failpoints
-from ..imagery.source import ImageSource
+from ..imagery.context import ImageContext
 from ..inference.capacity import CapacityReader, CapacitySettings
 from ..inference.detectors import TILE_CONTENT_TYPES, Detector, HttpDetector, SageMakerDetector
 from ..inference.limits import AdaptiveLimit
@@ -79,11 +79,14 @@ class Services:
                 self._limits[key] = AdaptiveLimit(self.settings.workers)
             return self._limits[key]
 
-    def open_image(self, url: str, read_role: str = "") -> ImageSource:
+    def open_image(self, url: str, read_role: str = "") -> ImageContext:
         """Open a request's image with the allowed drivers, as ``read_role`` when one is given (its
-        credentials are GDAL's for that bucket only while the image is open)."""
+        credentials are GDAL's for that bucket only while the image is open), with its geolocator over the
+        configured elevation model. The only place the runner opens images; close it (``with``)."""
         credentials = self.aws.assumed_credentials(read_role) if read_role else None
-        return ImageSource.open(url, drivers=self.settings.image_drivers, credentials=credentials)
+        return ImageContext.open(url, drivers=self.settings.image_drivers, credentials=credentials,
+                                 dem_location=self.settings.elevation_data_location,
+                                 dem_extension=self.settings.elevation_data_extension)
 
     def detector(self, region: RegionRequest) -> Detector:
         """One endpoint client per model (and role, parameters and tile type), reused across regions for its

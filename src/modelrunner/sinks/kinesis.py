@@ -90,7 +90,7 @@ _MAX_LABELS_PER_REASON = 10
 #: get 500 threads; each sender then serves several shards, every one still paced to its own limits).
 MAX_SENDERS = 32
 # Batches waiting per shard sender: the reader stays at most this far ahead of a slow shard.
-_QUEUED_BATCHES = 2
+QUEUED_BATCHES = 2
 _HEAD = b'{"type": "FeatureCollection", "features": ['
 _SEPARATOR = b", "
 _TAIL = b"]}"
@@ -417,7 +417,7 @@ class _ShardSender:
 
     def __init__(self, settings: _Sending, index: int) -> None:
         self.settings = settings
-        self.queue: queue.Queue[tuple[int, list[_Record]] | None] = queue.Queue(maxsize=_QUEUED_BATCHES)
+        self.queue: queue.Queue[tuple[int, list[_Record]] | None] = queue.Queue(maxsize=QUEUED_BATCHES)
         self.shards: dict[int, _Shard] = {}
         self.thread = threading.Thread(target=self._run, name=f"kinesis-shard-{index}", daemon=True)
         self.thread.start()

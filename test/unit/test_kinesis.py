@@ -14,7 +14,7 @@ from modelrunner.local.kinesis_limits import LimitedStream
 from modelrunner.requests import KinesisOutput
 from modelrunner.sinks import SinkResult, write_kinesis
 from modelrunner.sinks.checkpoint import DeliveryCheckpoint, decode_chunks, encode_chunks
-from modelrunner.sinks.kinesis import _QUEUED_BATCHES, MAX_SENDERS, retry_bound
+from modelrunner.sinks.kinesis import MAX_SENDERS, QUEUED_BATCHES, retry_bound
 
 STREAM = "features"
 JOB = "job-1234"
@@ -177,7 +177,7 @@ def test_a_replacement_resends_only_the_chunks_not_confirmed(partition_key: str)
     # ... which are at most the reader's lead: per shard in use, a batch being built, the queued ones and
     # the one on the wire (500 records each).
     shards_used = 1 if partition_key == "jobId" else 4
-    assert len(everything) - 10_000 <= shards_used * (_QUEUED_BATCHES + 2) * 500
+    assert len(everything) - 10_000 <= shards_used * (QUEUED_BATCHES + 2) * 500
     assert decode_chunks(saved[-1]) == set(range(10))
 
 

@@ -353,6 +353,128 @@ def output_from_dict(raw: Any, where: str) -> Output:
     raise RequestError(f"{where}.type", f"must be S3 or Kinesis, got {kind!r}")
 
 
+def _job_id(raw: Mapping[str, Any]) -> str:
+    """``jobId``: required, printable, and short enough for every table key and the Kinesis partition key."""
+    job_id = _str(raw.get("jobId"), "jobId", required=True)
+    if len(job_id.encode("utf-8")) > MAX_JOB_ID_BYTES:
+        raise RequestError("jobId", f"must be at most {MAX_JOB_ID_BYTES} bytes (it is part of every table key "
+                                    f"and the Kinesis partition key), got {len(job_id.encode('utf-8'))}")
+    if not job_id.isprintable():
+        raise RequestError("jobId", "must not contain control characters")
+    return job_id
+
+
+def _image_url(raw: Mapping[str, Any]) -> str:
+    """``imageUrls``: exactly one URL (the reference's list form, one image per request)."""
+    urls = raw.get("imageUrls")
+    if not isinstance(urls, list) or not urls:
+        raise RequestError("imageUrls", "must be a non-empty list of image URLs")
+    if len(urls) > 1:
+        raise RequestError("imageUrls", f"one image per request is supported, got {len(urls)}")
+    return _str(urls[0], "imageUrls[0]", required=True)
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The model part of a request: ``imageProcessor`` (kept for its role, read last) and its parameters."""
+
+    processor: Mapping[str, Any]
+    name: str
+    invoke_mode: str
+    parameters: dict[str, Any]
+
+
+def _model(raw: Mapping[str, Any]) -> _Model:
+    """``imageProcessor`` and ``imageProcessorParameters``: a model to invoke, an http(s) URL for HTTP_ENDPOINT."""
+    processor = raw.get("imageProcessor")
+    if not isinstance(processor, Mapping):
+        raise RequestError("imageProcessor", "is required and must be an object with name and type")
+    model_name = _str(processor.get("name"), "imageProcessor.name", required=True)
+    mode = processor.get("type")
+    if mode == "NONE":
+        raise RequestError("imageProcessor.type", "NONE has no model to invoke; use SM_ENDPOINT or HTTP_ENDPOINT")
+    mode = _choice(mode, "imageProcessor.type", INVOKE_MODES, "SM_ENDPOINT")
+    if mode == "HTTP_ENDPOINT" and not model_name.startswith(("http://", "https://")):
+        raise RequestError("imageProcessor.name", f"must be an http(s) URL for HTTP_ENDPOINT, got {model_name!r}")
+    params = raw.get("imageProcessorParameters") or {}
+    if not isinstance(params, Mapping):
+        raise RequestError("imageProcessorParameters", "must be an object")
+    return _Model(processor, model_name, mode, dict(params))
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """How the image is cut for the model: tile size and overlap in pixels, tile format and compression."""
+
+    size: int
+    overlap: int
+    format: str
+    compression: str
+
+
+def _tiling(raw: Mapping[str, Any]) -> _Tiling:
+    """The ``imageProcessorTile*`` fields: an overlap smaller than the tile, a format/compression pair GDAL
+    can write (the default overlap shrinks to fit a small tile rather than fail)."""
+    size_raw = raw.get("imageProcessorTileSize")
+    size = DEFAULT_TILE_SIZE if size_raw in (None, "") else _int(
+        size_raw, "imageProcessorTileSize", minimum=1, maximum=MAX_TILE_SIZE)
+    overlap_raw = raw.get("imageProcessorTileOverlap")
+    overlap = min(DEFAULT_TILE_OVERLAP, size - 1) if overlap_raw in (None, "") else _int(
+        overlap_raw, "imageProcessorTileOverlap", minimum=0)
+    if overlap >= size:
+        raise RequestError("imageProcessorTileOverlap", f"must be smaller than the tile size {size}, got {overlap}")
+    tile_format = _choice(raw.get("imageProcessorTileFormat"), "imageProcessorTileFormat", TILE_FORMATS, "NITF")
+    tile_compression = _choice(raw.get("imageProcessorTileCompression"), "imageProcessorTileCompression",
+                               TILE_COMPRESSIONS, "NONE")
+    pair_problem = unsupported_reason(tile_format, tile_compression)
+    if pair_problem is not None:
+        raise RequestError("imageProcessorTileCompression", pair_problem)
+    return _Tiling(size, overlap, tile_format, tile_compression)
+
+
+def _region(raw: Mapping[str, Any]) -> tuple[str | None, str]:
+    """``regionOfInterest`` (WKT or none) and ``georegistration``, which must allow finding its pixels."""
+    roi = raw.get("regionOfInterest")
+    roi_wkt: str | None = None
+    if roi not in (None, ""):
+        roi_wkt = _validate_wkt(roi)
+    georegistration = _choice(raw.get("georegistration"), "georegistration", GEOREGISTRATIONS, "AUTO")
+    if georegistration == "NONE" and roi_wkt:
+        raise RequestError("georegistration", "NONE cannot be combined with a regionOfInterest: a lon/lat "
+                           "region needs the image's sensor model to find its pixels (use AUTO)")
+    return roi_wkt, georegistration
+
+
+def _outputs(raw: Mapping[str, Any], job_id: str) -> tuple[Output, ...]:
+    """``outputs`` (or the legacy ``outputBucket`` / ``outputPrefix``): at least one, each S3 key within
+    S3's limit, so a job never fails at the very end for a key it could have refused at once."""
+    outputs_raw = raw.get("outputs")
+    if not outputs_raw and raw.get("outputBucket") and raw.get("outputPrefix") is not None:
+        outputs_raw = [{"type": "S3", "bucket": raw["outputBucket"], "prefix": raw.get("outputPrefix") or ""}]
+    if outputs_raw is None:
+        outputs_raw = []
+    if not isinstance(outputs_raw, list):
+        raise RequestError("outputs", "must be a list")
+    outputs = tuple(output_from_dict(o, f"outputs[{i}]") for i, o in enumerate(outputs_raw))
+    if not outputs:
+        raise RequestError("outputs", "at least one S3 or Kinesis output is required")
+    for i, output in enumerate(outputs):
+        # The longest object an S3 output writes: ``.stac-item.json`` is 7 bytes past ``.geojson``.
+        key = result_key(output.prefix, job_id) + ".stac-item" if isinstance(output, S3Output) else ""
+        if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
+            raise RequestError(f"outputs[{i}].prefix", f"prefix + job id make an S3 key longer than "
+                                                       f"{MAX_S3_KEY_BYTES} bytes")
+    return outputs
+
+
+def _feature_properties(raw: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """``featureProperties``: a list of objects, copied so the request cannot change them afterwards."""
+    props = raw.get("featureProperties") or []
+    if not isinstance(props, list) or not all(isinstance(p, Mapping) for p in props):
+        raise RequestError("featureProperties", "must be a list of objects")
+    return tuple(dict(p) for p in props)
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     """One image to process, as the requester asked for it (validated, defaults filled in)."""
@@ -388,97 +510,32 @@ class ImageRequest:
 
     @classmethod
     def from_dict(cls, raw: Any) -> ImageRequest:
+        """Validate a request, one part at a time, in the order its errors are reported (the first wins)."""
         if not isinstance(raw, Mapping):
             raise RequestError("body", "must be a JSON object")
-        job_id = _str(raw.get("jobId"), "jobId", required=True)
-        if len(job_id.encode("utf-8")) > MAX_JOB_ID_BYTES:
-            raise RequestError("jobId", f"must be at most {MAX_JOB_ID_BYTES} bytes (it is part of every table key "
-                                        f"and the Kinesis partition key), got {len(job_id.encode('utf-8'))}")
-        if not job_id.isprintable():
-            raise RequestError("jobId", "must not contain control characters")
-        urls = raw.get("imageUrls")
-        if not isinstance(urls, list) or not urls:
-            raise RequestError("imageUrls", "must be a non-empty list of image URLs")
-        if len(urls) > 1:
-            raise RequestError("imageUrls", f"one image per request is supported, got {len(urls)}")
-        image_url = _str(urls[0], "imageUrls[0]", required=True)
-
-        processor = raw.get("imageProcessor")
-        if not isinstance(processor, Mapping):
-            raise RequestError("imageProcessor", "is required and must be an object with name and type")
-        model_name = _str(processor.get("name"), "imageProcessor.name", required=True)
-        mode = processor.get("type")
-        if mode == "NONE":
-            raise RequestError("imageProcessor.type", "NONE has no model to invoke; use SM_ENDPOINT or HTTP_ENDPOINT")
-        mode = _choice(mode, "imageProcessor.type", INVOKE_MODES, "SM_ENDPOINT")
-        if mode == "HTTP_ENDPOINT" and not model_name.startswith(("http://", "https://")):
-            raise RequestError("imageProcessor.name", f"must be an http(s) URL for HTTP_ENDPOINT, got {model_name!r}")
-        params = raw.get("imageProcessorParameters") or {}
-        if not isinstance(params, Mapping):
-            raise RequestError("imageProcessorParameters", "must be an object")
-
-        size_raw = raw.get("imageProcessorTileSize")
-        size = DEFAULT_TILE_SIZE if size_raw in (None, "") else _int(
-            size_raw, "imageProcessorTileSize", minimum=1, maximum=MAX_TILE_SIZE)
-        overlap_raw = raw.get("imageProcessorTileOverlap")
-        overlap = min(DEFAULT_TILE_OVERLAP, size - 1) if overlap_raw in (None, "") else _int(
-            overlap_raw, "imageProcessorTileOverlap", minimum=0)
-        if overlap >= size:
-            raise RequestError("imageProcessorTileOverlap", f"must be smaller than the tile size {size}, got {overlap}")
-
-        tile_format = _choice(raw.get("imageProcessorTileFormat"), "imageProcessorTileFormat", TILE_FORMATS, "NITF")
-        tile_compression = _choice(raw.get("imageProcessorTileCompression"), "imageProcessorTileCompression",
-                                   TILE_COMPRESSIONS, "NONE")
-        pair_problem = unsupported_reason(tile_format, tile_compression)
-        if pair_problem is not None:
-            raise RequestError("imageProcessorTileCompression", pair_problem)
-
-        roi = raw.get("regionOfInterest")
-        roi_wkt: str | None = None
-        if roi not in (None, ""):
-            roi_wkt = _validate_wkt(roi)
-        georegistration = _choice(raw.get("georegistration"), "georegistration", GEOREGISTRATIONS, "AUTO")
-        if georegistration == "NONE" and roi_wkt:
-            raise RequestError("georegistration", "NONE cannot be combined with a regionOfInterest: a lon/lat "
-                               "region needs the image's sensor model to find its pixels (use AUTO)")
-
-        outputs_raw = raw.get("outputs")
-        if not outputs_raw and raw.get("outputBucket") and raw.get("outputPrefix") is not None:
-            outputs_raw = [{"type": "S3", "bucket": raw["outputBucket"], "prefix": raw.get("outputPrefix") or ""}]
-        if outputs_raw is None:
-            outputs_raw = []
-        if not isinstance(outputs_raw, list):
-            raise RequestError("outputs", "must be a list")
-        outputs = tuple(output_from_dict(o, f"outputs[{i}]") for i, o in enumerate(outputs_raw))
-        if not outputs:
-            raise RequestError("outputs", "at least one S3 or Kinesis output is required")
-        for i, output in enumerate(outputs):
-            # The longest object an S3 output writes: ``.stac-item.json`` is 7 bytes past ``.geojson``.
-            key = result_key(output.prefix, job_id) + ".stac-item" if isinstance(output, S3Output) else ""
-            if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
-                raise RequestError(f"outputs[{i}].prefix", f"prefix + job id make an S3 key longer than "
-                                                           f"{MAX_S3_KEY_BYTES} bytes")
-
-        props = raw.get("featureProperties") or []
-        if not isinstance(props, list) or not all(isinstance(p, Mapping) for p in props):
-            raise RequestError("featureProperties", "must be a list of objects")
-
+        job_id = _job_id(raw)
+        image_url = _image_url(raw)
+        model = _model(raw)
+        tiling = _tiling(raw)
+        roi_wkt, georegistration = _region(raw)
+        outputs = _outputs(raw, job_id)
+        props = _feature_properties(raw)
         return cls(
             job_id=job_id,
             image_url=image_url,
-            model_name=model_name,
-            model_invoke_mode=mode,
-            model_invocation_role=_role(processor.get("assumedRole"), "imageProcessor.assumedRole"),
-            model_parameters=dict(params),
+            model_name=model.name,
+            model_invoke_mode=model.invoke_mode,
+            model_invocation_role=_role(model.processor.get("assumedRole"), "imageProcessor.assumedRole"),
+            model_parameters=model.parameters,
             image_read_role=_role(raw.get("imageReadRole"), "imageReadRole"),
-            tile_size=size,
-            tile_overlap=overlap,
-            tile_format=tile_format,
-            tile_compression=tile_compression,
+            tile_size=tiling.size,
+            tile_overlap=tiling.overlap,
+            tile_format=tiling.format,
+            tile_compression=tiling.compression,
             roi_wkt=roi_wkt,
             georegistration=georegistration,
             outputs=outputs,
-            feature_properties=tuple(dict(p) for p in props),
+            feature_properties=props,
             distillation=_post_processing(raw.get("postProcessing")),
             job_name=_str(raw.get("jobName"), "jobName"),
             job_arn=_str(raw.get("jobArn"), "jobArn"),

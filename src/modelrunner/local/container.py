@@ -188,8 +188,111 @@ class Report:
         print(f"[{time.monotonic() - self.began:6.1f} s] {message}", flush=True)
 
 
+@dataclass
+class Checked:
+    """What the steps share: the stack they run against, the scene's URL and the worker environment."""
+
+    res: Resources
+    url: str
+    env: dict[str, str]
+    statuses: Statuses
+    podman: Podman
+    image: str
+    say: Report
+
+
+def streamed_features(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The features of Kinesis records as sorted canonical JSON, without ``inferenceMetadata``.
+
+    The S3 GeoJSON carries no inference metadata, so the two outputs compare equal only without it.
+    """
+    streamed = []
+    for record in records:
+        for feature in record["data"]["features"]:
+            feature["properties"].pop("inferenceMetadata", None)
+            streamed.append(json.dumps(feature, sort_keys=True))
+    return sorted(streamed)
+
+
+def check_container_a(run: Checked) -> list[str]:
+    """Step 1: container A serves a job, matches S3 and Kinesis, is healthy, non-root, and stops idle at once.
+
+    Returns the job's features, which steps 3 compare against.
+    """
+    res, podman, say = run.res, run.podman, run.say
+    a = podman.run(run.image, run.env, stop_timeout=30)
+    submit(res, "in-container", run.url)
+    final = run.statuses.final("in-container", 180, watch=[(podman, a)])
+    names = run.statuses.names("in-container")
+    expect(final["attributes"]["status"] == "SUCCESS", f"job in container A: {names}: {final['message']}")
+    expect(names[0] == "STARTED" and names.count("SUCCESS") == 1, f"statuses of the job: {names}")
+    job = JobStore(res.client("dynamodb"), res.job_table).get(f"in-container:{run.url}")
+    expect((job.get("tile_count"), job.get("region_count")) == (TILES, REGIONS),
+           f"the job row counts {job.get('tile_count')} tiles in {job.get('region_count')} regions, "
+           f"not {TILES} in {REGIONS}")
+    got = features(res, "in-container")
+    records = [r for r in kinesis_records(res) if r["partition_key"] == "in-container"]
+    expect(len(got) > 0, "container A's job has no features")
+    streamed = streamed_features(records)
+    expect(streamed == got, f"{len(streamed)} Kinesis features differ from the {len(got)} in S3")
+    say(f"container A {a[:12]}: job SUCCESS ({' -> '.join(names)}), {TILES} tiles in {REGIONS} regions, "
+        f"{len(got)} features in the S3 GeoJSON, the same in {len(records)} Kinesis records")
+    check_health(podman, a, say)
+    took = podman.stop(a, 30)
+    state = podman.state(a)
+    expect(state["ExitCode"] == 0 and took < 15, f"idle container A: exit {state['ExitCode']} after {took:.1f} s")
+    say(f"container A, idle: SIGTERM -> exit 0 in {took:.1f} s")
+    return got
+
+
+def check_health(podman: Podman, container: str, say: Report) -> None:
+    """The HEALTHCHECK passes on a serving worker, a 0 s heartbeat limit fails it, and the user is not root."""
+    health = podman("healthcheck", "run", container, check=False)
+    expect(health.returncode == 0, f"HEALTHCHECK failed on a serving worker: {health.stdout}{health.stderr}")
+    stale = podman("exec", container, "python3", "-m", "modelrunner.liveness", "--max-age", "0", check=False)
+    expect(stale.returncode == 1 and "stale" in stale.stdout, f"a stale heartbeat passed: {stale.stdout}")
+    uid = podman("exec", container, "id", "-u").stdout.strip()
+    expect(uid != "0", "the worker runs as root")
+    say(f"container A: HEALTHCHECK healthy; with a 0 s limit: {stale.stdout.strip()!r} (exit 1); uid {uid}")
+
+
+def check_container_b(run: Checked) -> None:
+    """Step 2: container B, stopped with SIGTERM mid-region, exits 0 in time and leaves no message hidden."""
+    res, podman = run.res, run.podman
+    b = podman.run(run.image, {**run.env, "WORKERS": "1", "MR_STOP_TIMEOUT": str(STOP_TIMEOUT)},
+                   stop_timeout=STOP_TIMEOUT)
+    submit(res, "stopped", run.url)
+    deadline = time.monotonic() + 120
+    while not region_started(res, "stopped"):
+        expect(time.monotonic() < deadline, "container B never started a region")
+        expect(podman.state(b).get("Running", False), f"container B exited:\n{podman.logs(b)[-3000:]}")
+        time.sleep(0.1)
+    time.sleep(0.5)
+    took = podman.stop(b, STOP_TIMEOUT)
+    state, logs, hidden = podman.state(b), podman.logs(b), hidden_messages(res)
+    expect(state["ExitCode"] == 0, f"container B exited {state['ExitCode']} after SIGTERM:\n{logs[-3000:]}")
+    expect(took < STOP_TIMEOUT, f"container B took {took:.1f} s to stop (limit {STOP_TIMEOUT} s)")
+    expect(hidden == 0, f"{hidden} messages still hidden after container B stopped")
+    outcome = "handed back" if "handed back" in logs else "finished"
+    run.say(f"container B {b[:12]}: SIGTERM mid-region -> exit 0 in {took:.1f} s (limit {STOP_TIMEOUT} s), "
+            f"its message {outcome}, none left hidden")
+
+
+def check_host_worker(run: Checked, got: list[str]) -> None:
+    """Step 3: the host's worker (already started) finishes B's job and reruns A's: all three give ``got``."""
+    res, statuses = run.res, run.statuses
+    final = statuses.final("stopped", 180)
+    expect(final["attributes"]["status"] == "SUCCESS", f"job stopped in B: {statuses.names('stopped')}")
+    submit(res, "on-host", run.url)
+    final = statuses.final("on-host", 180)
+    expect(final["attributes"]["status"] == "SUCCESS", f"job on the host: {statuses.names('on-host')}")
+    expect(features(res, "on-host") == got, "the host worker's features differ from container A's")
+    expect(features(res, "stopped") == got, "the features of the job stopped in B differ from container A's")
+    run.say(f"host worker: finished B's job and ran A's again: the same {len(got)} features as container A")
+
+
 def run_checks(image: str, podman: Podman, workdir: str, say: Report) -> None:
-    """The three steps of the module docstring against a fresh local stack."""
+    """The three steps of the module docstring against a fresh local stack, which is torn down whatever happens."""
     moto: Process | None = None
     model: Process | None = None
     host: subprocess.Popen[Any] | None = None
@@ -200,72 +303,13 @@ def run_checks(image: str, podman: Podman, workdir: str, say: Report) -> None:
         scene = make_scene(os.path.join(workdir, "scene.tif"), WIDTH, HEIGHT, seed=3)
         res.client("s3").upload_file(scene.path, res.extra["image_bucket"], "scene.tif")
         url = f"s3://{res.extra['image_bucket']}/scene.tif"
-        statuses = Statuses(res)
         env = res.worker_env(model_url=model.url, workers=4, region_size=REGION, visibility_timeout=30)
+        run = Checked(res, url, env, Statuses(res), podman, image, say)
         say(f"stack up: moto {moto.url}, flood model {model.url}, scene {WIDTH} x {HEIGHT} on s3")
-
-        # 1. A job in container A.
-        a = podman.run(image, env, stop_timeout=30)
-        submit(res, "in-container", url)
-        final = statuses.final("in-container", 180, watch=[(podman, a)])
-        names = statuses.names("in-container")
-        expect(final["attributes"]["status"] == "SUCCESS", f"job in container A: {names}: {final['message']}")
-        expect(names[0] == "STARTED" and names.count("SUCCESS") == 1, f"statuses of the job: {names}")
-        job = JobStore(res.client("dynamodb"), res.job_table).get(f"in-container:{url}")
-        expect((job.get("tile_count"), job.get("region_count")) == (TILES, REGIONS),
-               f"the job row counts {job.get('tile_count')} tiles in {job.get('region_count')} regions, "
-               f"not {TILES} in {REGIONS}")
-        got = features(res, "in-container")
-        records = [r for r in kinesis_records(res) if r["partition_key"] == "in-container"]
-        expect(len(got) > 0, "container A's job has no features")
-        streamed = []
-        for record in records:
-            for feature in record["data"]["features"]:
-                feature["properties"].pop("inferenceMetadata", None)
-                streamed.append(json.dumps(feature, sort_keys=True))
-        expect(sorted(streamed) == got, f"{len(streamed)} Kinesis features differ from the {len(got)} in S3")
-        say(f"container A {a[:12]}: job SUCCESS ({' -> '.join(names)}), {TILES} tiles in {REGIONS} regions, "
-            f"{len(got)} features in the S3 GeoJSON, the same in {len(records)} Kinesis records")
-        health = podman("healthcheck", "run", a, check=False)
-        expect(health.returncode == 0, f"HEALTHCHECK failed on a serving worker: {health.stdout}{health.stderr}")
-        stale = podman("exec", a, "python3", "-m", "modelrunner.liveness", "--max-age", "0", check=False)
-        expect(stale.returncode == 1 and "stale" in stale.stdout, f"a stale heartbeat passed: {stale.stdout}")
-        uid = podman("exec", a, "id", "-u").stdout.strip()
-        expect(uid != "0", "the worker runs as root")
-        say(f"container A: HEALTHCHECK healthy; with a 0 s limit: {stale.stdout.strip()!r} (exit 1); uid {uid}")
-        took = podman.stop(a, 30)
-        state = podman.state(a)
-        expect(state["ExitCode"] == 0 and took < 15, f"idle container A: exit {state['ExitCode']} after {took:.1f} s")
-        say(f"container A, idle: SIGTERM -> exit 0 in {took:.1f} s")
-
-        # 2. Container B stopped with SIGTERM mid-region.
-        b = podman.run(image, {**env, "WORKERS": "1", "MR_STOP_TIMEOUT": str(STOP_TIMEOUT)}, stop_timeout=STOP_TIMEOUT)
-        submit(res, "stopped", url)
-        deadline = time.monotonic() + 120
-        while not region_started(res, "stopped"):
-            expect(time.monotonic() < deadline, "container B never started a region")
-            expect(podman.state(b).get("Running", False), f"container B exited:\n{podman.logs(b)[-3000:]}")
-            time.sleep(0.1)
-        time.sleep(0.5)
-        took = podman.stop(b, STOP_TIMEOUT)
-        state, logs, hidden = podman.state(b), podman.logs(b), hidden_messages(res)
-        expect(state["ExitCode"] == 0, f"container B exited {state['ExitCode']} after SIGTERM:\n{logs[-3000:]}")
-        expect(took < STOP_TIMEOUT, f"container B took {took:.1f} s to stop (limit {STOP_TIMEOUT} s)")
-        expect(hidden == 0, f"{hidden} messages still hidden after container B stopped")
-        outcome = "handed back" if "handed back" in logs else "finished"
-        say(f"container B {b[:12]}: SIGTERM mid-region -> exit 0 in {took:.1f} s (limit {STOP_TIMEOUT} s), "
-            f"its message {outcome}, none left hidden")
-
-        # 3. A worker on the host finishes B's job, then runs A's job again: the same features, all three.
+        got = check_container_a(run)
+        check_container_b(run)
         host = start_worker(env, log_path=os.path.join(workdir, "host-worker.log"))
-        final = statuses.final("stopped", 180)
-        expect(final["attributes"]["status"] == "SUCCESS", f"job stopped in B: {statuses.names('stopped')}")
-        submit(res, "on-host", url)
-        final = statuses.final("on-host", 180)
-        expect(final["attributes"]["status"] == "SUCCESS", f"job on the host: {statuses.names('on-host')}")
-        expect(features(res, "on-host") == got, "the host worker's features differ from container A's")
-        expect(features(res, "stopped") == got, "the features of the job stopped in B differ from container A's")
-        say(f"host worker: finished B's job and ran A's again: the same {len(got)} features as container A")
+        check_host_worker(run, got)
     finally:
         podman.remove_all()
         if host is not None:

@@ -27,6 +27,7 @@ uploaded the same way.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from tempfile import SpooledTemporaryFile, TemporaryDirectory
@@ -105,63 +106,112 @@ def write_s3(
     to be, and the Item has no footprint. The result's ``sink`` is the GeoJSON object's URI when GeoJSON is
     among the formats (else the first format's); ``locations`` lists every object written.
     """
-    bucket = output.bucket
-    for extension in [*(_EXTENSIONS[fmt] for fmt in output.formats), *([STAC_EXTENSION] if output.stac_item else [])]:
-        key = object_key(output.prefix, job_id, extension)
-        limits.check_size("S3 object key (the output prefix and job id)", limits.utf8_bytes(key), limits.S3_KEY_BYTES,
-                          f"bucket {bucket}")
-    _check_bucket(s3_client, bucket)
+    _check_keys(output, job_id)
+    _check_bucket(s3_client, output.bucket)
     description = job if job is not None else JobDescription(job_id=job_id)
     config = transfer_config if transfer_config is not None else default_transfer_config()
-    uploads: list[tuple[str, str, IO[bytes] | str, str]] = []  # (format, key, spool or path, content type)
-    classes: set[str] = set()
     with TemporaryDirectory(prefix="modelrunner-out-") as folder, \
             SpooledTemporaryFile(max_size=SPOOL_MAX_BYTES, mode="w+b") as spool:
-        geojson = _GeoJSONSpool(spool) if "GeoJSON" in output.formats else None
-        writers: list[GeoParquetWriter | FlatGeobufWriter] = []
-        for fmt in output.formats:
-            key = object_key(output.prefix, job_id, _EXTENSIONS[fmt])
-            if fmt == "GeoJSON":
-                uploads.append((fmt, key, spool, CONTENT_TYPE))
-                continue
-            path = str(Path(folder) / ("result" + _EXTENSIONS[fmt]))
-            writer: GeoParquetWriter | FlatGeobufWriter = (
-                GeoParquetWriter(path, georeferenced=description.georeferenced) if fmt == "GeoParquet"
-                else FlatGeobufWriter(path, georeferenced=description.georeferenced))
-            writers.append(writer)
-            uploads.append((fmt, key, path, CONTENT_TYPES[fmt]))
-        parse = bool(writers) or output.stac_item
-        count = 0
-        for feature in features:
-            if geojson is not None:
-                geojson.add(feature, count)
-            if parse:
-                parsed = _parsed(feature, count)
-                for writer in writers:
-                    writer.add(parsed)
-                if output.stac_item and len(classes) < MAX_CLASSES:
-                    label = top_class(parsed.get("properties") or {})[1]
-                    if label is not None:
-                        classes.add(label)
-            count += 1
-        if geojson is not None:
-            geojson.finish()
-        for writer in writers:
-            writer.close()
+        files = _open_files(output, job_id, folder, spool, description.georeferenced)
+        count, classes = _write_features(features, files, output.stac_item)
         locations: list[str] = []
         assets: list[Asset] = []
-        for fmt, key, source, content_type in uploads:
-            uri = f"s3://{bucket}/{key}"
-            _upload(s3_client, source, bucket, key, content_type, config, f"writing {count} features to {uri}")
+        for upload in files.uploads:
+            uri = f"s3://{output.bucket}/{upload.key}"
+            _upload(s3_client, upload.source, output.bucket, upload.key, upload.content_type, config,
+                    f"writing {count} features to {uri}")
             locations.append(uri)
-            assets.append(Asset(fmt.lower(), uri, content_type, f"{count} features as {fmt}"))
+            assets.append(Asset(upload.fmt.lower(), uri, upload.content_type, f"{count} features as {upload.fmt}"))
         if output.stac_item:
-            key = object_key(output.prefix, job_id, STAC_EXTENSION)
-            item = BytesIO(orjson.dumps(build_item(description, assets, count, sorted(classes)),
-                                        option=orjson.OPT_INDENT_2))
-            _upload(s3_client, item, bucket, key, CONTENT_TYPE, config, f"writing the STAC Item to s3://{bucket}/{key}")
-            locations.append(f"s3://{bucket}/{key}")
+            item = build_item(description, assets, count, sorted(classes))
+            locations.append(_upload_item(s3_client, output, job_id, item, config))
     return SinkResult(sink=locations[0], features_written=count, locations=locations)
+
+
+def _check_keys(output: S3Output, job_id: str) -> None:
+    """Every key the job will write fits S3's key limit, checked before any work so the job fails at once."""
+    extensions = [*(_EXTENSIONS[fmt] for fmt in output.formats), *([STAC_EXTENSION] if output.stac_item else [])]
+    for extension in extensions:
+        key = object_key(output.prefix, job_id, extension)
+        limits.check_size("S3 object key (the output prefix and job id)", limits.utf8_bytes(key), limits.S3_KEY_BYTES,
+                          f"bucket {output.bucket}")
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """One object to upload once the features are written: its format, key, spool or file path, media type."""
+
+    fmt: str
+    key: str
+    source: IO[bytes] | str
+    content_type: str
+
+
+@dataclass
+class _OutputFiles:
+    """The writers the features go through (GeoJSON spool, GeoParquet / FlatGeobuf files) and the uploads
+    they become, in the order of the request's ``formats`` (the first is the result's ``sink``)."""
+
+    geojson: _GeoJSONSpool | None
+    writers: list[GeoParquetWriter | FlatGeobufWriter]
+    uploads: list[_Upload]
+
+
+def _open_files(output: S3Output, job_id: str, folder: str, spool: IO[bytes], georeferenced: bool) -> _OutputFiles:
+    """A writer per requested format: the GeoJSON into ``spool``, the others into files of ``folder``."""
+    files = _OutputFiles(_GeoJSONSpool(spool) if "GeoJSON" in output.formats else None, [], [])
+    for fmt in output.formats:
+        key = object_key(output.prefix, job_id, _EXTENSIONS[fmt])
+        if fmt == "GeoJSON":
+            files.uploads.append(_Upload(fmt, key, spool, CONTENT_TYPE))
+            continue
+        path = str(Path(folder) / ("result" + _EXTENSIONS[fmt]))
+        writer: GeoParquetWriter | FlatGeobufWriter = (
+            GeoParquetWriter(path, georeferenced=georeferenced) if fmt == "GeoParquet"
+            else FlatGeobufWriter(path, georeferenced=georeferenced))
+        files.writers.append(writer)
+        files.uploads.append(_Upload(fmt, key, path, CONTENT_TYPES[fmt]))
+    return files
+
+
+def _write_features(features: Iterable[dict[str, Any] | str], files: _OutputFiles,
+                    want_classes: bool) -> tuple[int, set[str]]:
+    """Send each feature to every writer in one pass, then close them; return the count and, for the STAC
+    Item (``want_classes``), up to :data:`MAX_CLASSES` class names seen.
+
+    A feature is parsed into a dict only when a writer other than GeoJSON or the class list needs it: the
+    GeoJSON spool takes the runner's text as it is.
+    """
+    parse = bool(files.writers) or want_classes
+    classes: set[str] = set()
+    count = 0
+    for feature in features:
+        if files.geojson is not None:
+            files.geojson.add(feature, count)
+        if parse:
+            parsed = _parsed(feature, count)
+            for writer in files.writers:
+                writer.add(parsed)
+            if want_classes and len(classes) < MAX_CLASSES:
+                label = top_class(parsed.get("properties") or {})[1]
+                if label is not None:
+                    classes.add(label)
+        count += 1
+    if files.geojson is not None:
+        files.geojson.finish()
+    for writer in files.writers:
+        writer.close()
+    return count, classes
+
+
+def _upload_item(s3_client: Any, output: S3Output, job_id: str, item: dict[str, Any],
+                 config: TransferConfig) -> str:
+    """Upload the STAC Item (indented JSON) last, once the objects it points at exist; return its URI."""
+    key = object_key(output.prefix, job_id, STAC_EXTENSION)
+    uri = f"s3://{output.bucket}/{key}"
+    body = BytesIO(orjson.dumps(item, option=orjson.OPT_INDENT_2))
+    _upload(s3_client, body, output.bucket, key, CONTENT_TYPE, config, f"writing the STAC Item to {uri}")
+    return uri
 
 
 def object_key(prefix: str, job_id: str, extension: str) -> str:

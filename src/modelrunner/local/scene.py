@@ -441,6 +441,38 @@ def make_scene(
     objects that nearly touch; the defaults give the scenes every test and the demo use.
     """
     driver_name, dtype_name = _normalise(driver, dtype)
+    _check_scene(width, height, bands, seed, block_size, rpc, epsg, compress, driver_name)
+    gt = scene_geotransform(epsg, width, height, origin, pixel_size)
+    rpc_metadata = linear_rpc(gt, width, height) if rpc else None
+    objects, levels = _layout_objects(width, height, bands, seed, object_count, object_sides, object_cell,
+                                      object_margin)
+    target = os.fspath(path)
+    if driver_name == "GTiff":
+        options = ["TILED=YES", f"BLOCKXSIZE={block_size}", f"BLOCKYSIZE={block_size}", "BIGTIFF=IF_SAFER",
+                   *([f"COMPRESS={compress}"] if compress else [])]
+    else:  # NITF georeferencing is written at creation: RPC00B TRE, or IGEOLO corners
+        georeferencing = ([f"TRE=RPC00B={format_rpc00b(rpc_metadata)}"] if rpc_metadata
+                          else _nitf_georeferencing(epsg, gt, width, height))
+        options = _nitf_options(bands, dtype_name, seed, width, height, block_size, georeferencing)
+    dataset = gdal.GetDriverByName(driver_name).Create(target, width, height, bands, _DTYPES[dtype_name],
+                                                       options=options)
+    try:
+        if driver_name == "GTiff" and rpc_metadata:
+            dataset.SetMetadata(rpc_metadata, "RPC")
+        elif driver_name == "GTiff":
+            dataset.SetGeoTransform(gt)
+            dataset.SetSpatialRef(_spatial_reference(epsg))
+        _write_blocks(dataset, seed, dtype_name, block_size, objects, levels - _background_levels(bands))
+    finally:
+        dataset = None  # closing writes the headers / TREs
+    return Scene(path=target, width=width, height=height, objects=objects, bands=bands, dtype=dtype_name,
+                 driver=driver_name, epsg=epsg, geotransform=gt, rpc=rpc_metadata, seed=seed,
+                 levels=[tuple(int(v) for v in row) for row in levels])
+
+
+def _check_scene(width: int, height: int, bands: int, seed: int, block_size: int, rpc: bool, epsg: int,
+                 compress: str | None, driver_name: str) -> None:
+    """ValueError, naming the argument, for a scene :func:`make_scene` cannot write."""
     if width < 1 or height < 1 or bands < 1:
         raise ValueError(f"need width, height, bands >= 1, got {width}x{height}x{bands}")
     if seed < 0:
@@ -451,86 +483,26 @@ def make_scene(
         raise ValueError("rpc=True needs epsg=4326: an RPC maps to WGS 84 longitude / latitude")
     if compress and driver_name != "GTiff":
         raise ValueError("compress applies to GTiff scenes only")
-    gt = scene_geotransform(epsg, width, height, origin, pixel_size)
-    rpc_metadata = linear_rpc(gt, width, height) if rpc else None
-    objects, levels = _layout_objects(width, height, bands, seed, object_count, object_sides, object_cell,
-                                      object_margin)
-    deltas = levels - _background_levels(bands)  # object levels above the background base, per band
-    target = os.fspath(path)
 
-    if driver_name == "GTiff":
-        options = ["TILED=YES", f"BLOCKXSIZE={block_size}", f"BLOCKYSIZE={block_size}", "BIGTIFF=IF_SAFER"]
-        if compress:
-            options.append(f"COMPRESS={compress}")
-    else:
-        georeferencing = (
-            [f"TRE=RPC00B={format_rpc00b(rpc_metadata)}"]
-            if rpc_metadata
-            else (_nitf_georeferencing(epsg, gt, width, height))
-        )
-        options = _nitf_options(bands, dtype_name, seed, width, height, block_size, georeferencing)
-    gdal_type = _DTYPES[dtype_name]
-    dataset = gdal.GetDriverByName(driver_name).Create(
-        target, width, height, bands, gdal_type, options=options
-    )
-    try:
-        if driver_name == "GTiff":
-            if rpc_metadata:
-                dataset.SetMetadata(rpc_metadata, "RPC")
-            else:
-                dataset.SetGeoTransform(gt)
-                dataset.SetSpatialRef(_spatial_reference(epsg))
-        by_block = _blocks_index(objects, block_size)
-        item = np.dtype(dtype_name).itemsize
-        band_list = list(range(1, bands + 1))
-        for block_row, y in enumerate(range(0, height, block_size)):
-            block_height = min(block_size, height - y)
-            for block_column, x in enumerate(range(0, width, block_size)):
-                block_width = min(block_size, width - x)
-                numbers = by_block.get((block_row, block_column), [])
-                pixels = _render_block(
-                    seed,
-                    x,
-                    y,
-                    block_width,
-                    block_height,
-                    bands,
-                    [objects[n] for n in numbers],
-                    deltas[numbers],
-                    block_row,
-                    block_column,
-                )
-                dataset.WriteRaster(
-                    x,
-                    y,
-                    block_width,
-                    block_height,
-                    _convert(pixels, dtype_name),
-                    block_width,
-                    block_height,
-                    gdal_type,
-                    band_list,
-                    buf_pixel_space=bands * item,
-                    buf_line_space=block_width * bands * item,
-                    buf_band_space=item,
-                )
-            dataset.FlushCache()  # write each block row now: memory stays at one block row, not the image
-    finally:
-        dataset = None  # closing writes the headers / TREs
-    return Scene(
-        path=target,
-        width=width,
-        height=height,
-        objects=objects,
-        bands=bands,
-        dtype=dtype_name,
-        driver=driver_name,
-        epsg=epsg,
-        geotransform=gt,
-        rpc=rpc_metadata,
-        seed=seed,
-        levels=[tuple(int(v) for v in row) for row in levels],
-    )
+
+def _write_blocks(dataset: gdal.Dataset, seed: int, dtype_name: str, block_size: int, objects: list[Box],
+                  deltas: np.ndarray) -> None:
+    """Render and write the scene block by block (``deltas``: each object's levels above the background),
+    flushing each block row: memory stays at one block row, not the image."""
+    width, height, bands = dataset.RasterXSize, dataset.RasterYSize, dataset.RasterCount
+    gdal_type, item = _DTYPES[dtype_name], np.dtype(dtype_name).itemsize
+    by_block = _blocks_index(objects, block_size)
+    for block_row, y in enumerate(range(0, height, block_size)):
+        block_height = min(block_size, height - y)
+        for block_column, x in enumerate(range(0, width, block_size)):
+            block_width = min(block_size, width - x)
+            numbers = by_block.get((block_row, block_column), [])
+            pixels = _render_block(seed, x, y, block_width, block_height, bands, [objects[n] for n in numbers],
+                                   deltas[numbers], block_row, block_column)
+            dataset.WriteRaster(x, y, block_width, block_height, _convert(pixels, dtype_name), block_width,
+                                block_height, gdal_type, list(range(1, bands + 1)), buf_pixel_space=bands * item,
+                                buf_line_space=block_width * bands * item, buf_band_space=item)
+        dataset.FlushCache()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -474,34 +474,7 @@ class _ShardSender:
             if response.get("FailedRecordCount") == 0 and len(entries) == len(pending):  # the usual answer
                 progress.delivered(pending)
                 return
-            retry: list[_Record] = []
-            done: list[_Record] = []
-            final: dict[str, list[tuple[_Record, str]]] = {}
-            bound = retry_bound(shard.records, shard.nbytes)
-            out_of_time = shard.started is not None and settings.clock() - shard.started >= bound
-            out_of_attempts = settings.max_attempts is not None and attempt >= settings.max_attempts
-            for position, record in enumerate(pending):
-                entry = entries[position] if position < len(entries) else {"ErrorCode": "MissingResultEntry"}
-                code = entry.get("ErrorCode")
-                if not code:
-                    done.append(record)
-                elif code in NOT_RETRYABLE_CODES or out_of_time or out_of_attempts:
-                    final.setdefault(code, []).append((record, entry.get("ErrorMessage") or ""))
-                else:
-                    retry.append(record)
-            progress.delivered(done)
-            for code, failed in final.items():
-                labels = ", ".join(r.label for r, _ in failed[:_MAX_LABELS_PER_REASON])
-                extra = len(failed) - _MAX_LABELS_PER_REASON
-                more = f" and {extra} more" if extra > 0 else ""
-                message = f" ({failed[0][1]})" if failed[0][1] else ""
-                within = (f" within {bound:.0f} s (the retry bound for {shard.records:,} records of "
-                          f"{shard.nbytes:,} bytes on this shard)" if out_of_time and code not in NOT_RETRYABLE_CODES
-                          else "")
-                progress.failed(
-                    [r for r, _ in failed],
-                    f"{sum(r.features for r, _ in failed)} features not delivered to stream {settings.stream!r} "
-                    f"after {attempt} attempts{within}: {code}{message}; records {labels}{more}")
+            retry = self._settle(shard, pending, entries, attempt)
             if not retry:
                 return
             delay = _backoff(attempt, settings.base_delay)
@@ -511,6 +484,41 @@ class _ShardSender:
             pending = retry
             attempt += 1
 
+
+    def _settle(self, shard: _Shard, pending: list[_Record], entries: list[dict[str, Any]],
+                attempt: int) -> list[_Record]:
+        """Count a call's delivered records, report those failed for good (with the reason per error code),
+        and return those to send again."""
+        settings, progress = self.settings, self.settings.progress
+        retry: list[_Record] = []
+        done: list[_Record] = []
+        final: dict[str, list[tuple[_Record, str]]] = {}
+        bound = retry_bound(shard.records, shard.nbytes)
+        out_of_time = shard.started is not None and settings.clock() - shard.started >= bound
+        out_of_attempts = settings.max_attempts is not None and attempt >= settings.max_attempts
+        for position, record in enumerate(pending):
+            entry = entries[position] if position < len(entries) else {"ErrorCode": "MissingResultEntry"}
+            code = entry.get("ErrorCode")
+            if not code:
+                done.append(record)
+            elif code in NOT_RETRYABLE_CODES or out_of_time or out_of_attempts:
+                final.setdefault(code, []).append((record, entry.get("ErrorMessage") or ""))
+            else:
+                retry.append(record)
+        progress.delivered(done)
+        for code, failed in final.items():
+            labels = ", ".join(r.label for r, _ in failed[:_MAX_LABELS_PER_REASON])
+            extra = len(failed) - _MAX_LABELS_PER_REASON
+            more = f" and {extra} more" if extra > 0 else ""
+            message = f" ({failed[0][1]})" if failed[0][1] else ""
+            within = (f" within {bound:.0f} s (the retry bound for {shard.records:,} records of "
+                      f"{shard.nbytes:,} bytes on this shard)" if out_of_time and code not in NOT_RETRYABLE_CODES
+                      else "")
+            progress.failed(
+                [r for r, _ in failed],
+                f"{sum(r.features for r, _ in failed)} features not delivered to stream {settings.stream!r} "
+                f"after {attempt} attempts{within}: {code}{message}; records {labels}{more}")
+        return retry
 
 def _records(features: Iterable[dict[str, Any] | str], output: KinesisOutput, job_id: str, tile_stride: int,
              progress: _Progress, skip: frozenset[int], checkpoint: DeliveryCheckpoint | None) -> Iterator[_Record]:

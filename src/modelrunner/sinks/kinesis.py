@@ -484,7 +484,6 @@ class _ShardSender:
             pending = retry
             attempt += 1
 
-
     def _settle(self, shard: _Shard, pending: list[_Record], entries: list[dict[str, Any]],
                 attempt: int) -> list[_Record]:
         """Count a call's delivered records, report those failed for good (with the reason per error code),

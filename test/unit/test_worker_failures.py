@@ -53,4 +53,4 @@ def test_a_job_whose_row_is_refused_fails_under_its_own_job_id(worker: Any) -> N
     assert text == ("StatusMonitor update: RequestStatus.FAILED refused: An error occurred (ValidationException) "
                     "when calling the PutItem operation: Item size has exceeded the maximum allowed size")
     row = services.jobs.get("refused:s3://images/k.tif")
-    assert row["job_status"] == "FAILED" and row["job_id"] == "refused" and row["status_published"] is True
+    assert row.job_status == "FAILED" and row.job_id == "refused" and row.status_published is True

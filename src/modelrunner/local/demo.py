@@ -21,6 +21,7 @@ from typing import Any
 
 from ..requests import DISTILLATION_STEP, RECOMMENDED_DISTILLATION, DistillationOption
 from ..state.jobs import JobStore
+from ..state.records import JobRecord
 from ..state.regions import RegionStore
 from ..status import FINAL
 from .accuracy import score_features
@@ -42,18 +43,18 @@ def _bar(done: int, total: int, width: int = 28) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def _progress(res: Resources, image_id: str, started: float) -> tuple[dict[str, Any], str]:
+def _progress(res: Resources, image_id: str, started: float) -> tuple[JobRecord | None, str]:
     ddb = res.client("dynamodb")
     job = JobStore(ddb, res.job_table).get(image_id)
-    rows = RegionStore(ddb, res.region_table).all(image_id) if job else []
-    done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
-    total = int(job.get("tile_count", 0) or 0)
+    rows = RegionStore(ddb, res.region_table).all(image_id) if job is not None else []
+    done = sum(r.succeeded_tile_count + r.failed_tile_count for r in rows)
+    total = (job.tile_count if job is not None else None) or 0
     elapsed = max(1e-6, time.monotonic() - started)
     rate = done / elapsed
     eta = f"{(total - done) / rate:4.0f}s" if rate > 0 and total else "   -"
-    regions = f"{job.get('regions_done', 0)}/{job.get('region_count', 0)}"
+    regions = f"{job.regions_done or 0}/{job.region_count}" if job is not None else "0/0"
     line = (f"[{_bar(done, total)}] tiles {done}/{total or '?'}  {rate:5.1f} tiles/s  "
-            f"ETA {eta}  regions {regions}  {job.get('job_status', 'QUEUED')}")
+            f"ETA {eta}  regions {regions}  {(job.job_status if job is not None else None) or 'QUEUED'}")
     return job, line
 
 
@@ -135,7 +136,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         image_id = f"{job_id}:{url}"
         statuses: list[dict[str, Any]] = []
-        job: dict[str, Any] = {}
+        job: JobRecord | None = None
         job_started = time.monotonic()
         tty = sys.stdout.isatty()
         last_line = ""
@@ -145,7 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if line != last_line:
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
                 last_line = line
-            if job.get("job_status") in FINAL and job.get("end_time"):
+            if job is not None and job.job_status in FINAL and job.end_time:
                 break
             if all(w.poll() is not None for w in workers):
                 print("\nall workers exited; see worker-*.log", file=sys.stderr)
@@ -155,8 +156,8 @@ def run_demo(args: argparse.Namespace) -> int:
         statuses.extend(read_statuses(res, wait=1))
         with open(os.path.join(out_dir, "statuses.json"), "w") as handle:
             json.dump(statuses, handle, indent=2)
-        status = job.get("job_status", "UNKNOWN")
-        if status not in FINAL:
+        status = (job.job_status if job is not None else None) or "UNKNOWN"
+        if job is None or status not in FINAL:
             print(f"job did not finish within {args.timeout} s", file=sys.stderr)
             return 1
 
@@ -171,16 +172,16 @@ def run_demo(args: argparse.Namespace) -> int:
         extras = _download_extras(res, job_id, out_dir)
         overlay_path = os.path.join(out_dir, "overlay.png")
         drawn = render_overlay(image_path, features, overlay_path)
-        seconds = float(job.get("processing_duration", 0))
-        tiles = int(job.get("tile_count", 0))
+        seconds = float(job.processing_duration)
+        tiles = job.tile_count or 0
+        feature_count = len(features) if job.feature_count is None else job.feature_count
+        detections = "?" if job.raw_feature_count is None else job.raw_feature_count
         rows = [
-            ("status", status + ("" if status == "SUCCESS" else f" ({job.get('status_reason', '')})")),
-            ("image", f"{job.get('width')} x {job.get('height')} px, {job.get('image_extension', '')}"),
-            ("regions", f"{job.get('region_count')} ({job.get('region_success')} ok, "
-                        f"{job.get('region_error')} errors)"),
-            ("tiles", f"{tiles} ({job.get('failed_tile_count', 0)} failed)"),
-            ("features", f"{job.get('feature_count', len(features))} after merging "
-                         f"{job.get('raw_feature_count', '?')} detections"),
+            ("status", status + ("" if status == "SUCCESS" else f" ({job.status_reason or ''})")),
+            ("image", f"{job.width} x {job.height} px, {job.image_extension or ''}"),
+            ("regions", f"{job.region_count} ({job.region_success} ok, {job.region_error} errors)"),
+            ("tiles", f"{tiles} ({job.failed_tile_count or 0} failed)"),
+            ("features", f"{feature_count} after merging {detections} detections"),
             ("seconds", f"{seconds:.2f} ({tiles / seconds if seconds else 0:.1f} tiles/s)"),
         ]
         rows.append(("merge", merge_line))

@@ -191,7 +191,7 @@ def test_16bit_4band_utm_jpeg_tiles_and_georegistration_none(stack, model_server
 
     # georegistration NONE: 16-bit PNG tiles (pixel type kept, no stretch), features in pixels only.
     row = job_row(stack, "ms-none", url)
-    assert "tile_radiometry" not in row
+    assert row.tile_radiometry is None
     features = outputs(stack, "ms-none")
     assert recall(features, scene.objects) >= 0.95
     for feature in features:

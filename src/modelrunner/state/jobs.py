@@ -26,8 +26,6 @@ from ..status import Status
 from . import ddb
 from .records import CHECKPOINT_PREFIX, JobRecord
 
-__all__ = ["CHECKPOINT_PREFIX", "JobRecord", "JobStore", "stored_request"]
-
 log = logging.getLogger(__name__)
 
 

@@ -128,13 +128,13 @@ class RegionStore:
 
     def finish(self, jobs: JobStore, image_id: str, region_id: str, status: str, *, start_ms: int,
                succeeded: Sequence[Any], failed: Sequence[Any], total: int, message: str | None,
-               feature_count: int, result_chunks: int = 0, result_attempt: str | None = None,
+               feature_count: int, result_chunks: int | None = None, result_attempt: str | None = None,
                raw_feature_count: int | None = None, failed_tile_reasons: list[str] | None = None) -> bool:
         """Final status + job counter in one transaction; False if the region was already final.
 
         The final fields are :class:`RegionRecord`'s: ``result_chunks`` / ``result_attempt`` locate the
         region's stored result, ``raw_feature_count`` its features before merging, ``failed_tile_reasons``
-        why tiles failed (None: left out, as ``None`` fields are)."""
+        why tiles failed. ``None`` leaves a field out of the row, as before these were typed."""
         end = ddb.now_ms()
         fields = {
             "region_status": status, "end_time": end, "last_updated_time": end,

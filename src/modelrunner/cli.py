@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .state.records import JobRecord, RegionRecord
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -90,41 +91,46 @@ def _status(args: argparse.Namespace) -> int:
     image_id = args.job_id if ":" in args.job_id else _find_image_id(ddb, args.job_table, args.job_id)
     printed = 0
     while True:
-        job = jobs.get(image_id) if image_id else {}
-        if not job:
+        job = jobs.get(image_id) if image_id else None
+        if job is None:
             print(f"no job {args.job_id}", file=sys.stderr)
             return 1
         rows = regions.all(str(image_id))
-        done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
+        done = sum(r.succeeded_tile_count + r.failed_tile_count for r in rows)
         events = timeline(job, rows)
         for line in events[printed:]:
             print(line)
         printed = len(events)
-        print(f"{job.get('job_id')} {job.get('job_status')}: regions {job.get('regions_done', 0)}/"
-              f"{job.get('region_count', 0)}, tiles {done}/{job.get('tile_count', '?')}, "
-              f"features {job.get('feature_count', '-')}" + (f" ({job['status_reason']})" if job.get("status_reason")
-                                                              and job.get("job_status") != Status.SUCCESS else ""))
-        if not args.watch or job.get("job_status") in FINAL:
-            return 0 if job.get("job_status") != Status.FAILED else 1
+        print(f"{job.job_id} {job.job_status}: regions {job.regions_done or 0}/"
+              f"{job.region_count}, tiles {done}/{_or(job.tile_count, '?')}, "
+              f"features {_or(job.feature_count, '-')}" + (f" ({job.status_reason})" if job.status_reason
+                                                          and job.job_status != Status.SUCCESS else ""))
+        if not args.watch or job.job_status in FINAL:
+            return 0 if job.job_status != Status.FAILED else 1
         time.sleep(args.interval)
 
 
-def timeline(job: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def _or(value: int | None, absent: str) -> str:
+    """A count as the status line prints it, ``absent`` when the row does not hold it yet."""
+    return absent if value is None else str(value)
+
+
+def timeline(job: JobRecord, rows: list[RegionRecord]) -> list[str]:
     """The job's events (its own timeline, and each region's start and end from the region rows), in time
     order, one line each: ``HH:MM:SS.mmm  event  detail``."""
     from datetime import UTC, datetime
 
     from .status import Status
 
-    events = [(int(e["at"]), str(e["event"]), str(e.get("detail", ""))) for e in job.get("timeline") or []]
+    events = [(int(e["at"]), str(e["event"]), str(e.get("detail", ""))) for e in job.timeline or []]
     for row in rows:
-        where = f"{row.get('region_id', '?')}"
-        if row.get("region_status") not in (None, Status.QUEUED) and row.get("start_time"):
-            events.append((int(row["start_time"]), "region started", f"{where} on {row.get('worker', '?')}"))
-        if row.get("end_time"):
-            events.append((int(row["end_time"]), "region done", f"{where}: {row.get('region_status')}, "
-                                                                f"{row.get('succeeded_tile_count', 0)} tiles ok, "
-                                                                f"{row.get('failed_tile_count', 0)} failed"))
+        where = row.region_id
+        if row.region_status not in (None, Status.QUEUED) and row.start_time:
+            events.append((int(row.start_time), "region started", f"{where} on {row.worker or '?'}"))
+        if row.end_time:
+            events.append((int(row.end_time), "region done", f"{where}: {row.region_status}, "
+                                                             f"{row.succeeded_tile_count} tiles ok, "
+                                                             f"{row.failed_tile_count} failed"))
     events.sort(key=lambda e: e[0])
     return [f"{datetime.fromtimestamp(at / 1000, UTC).strftime('%H:%M:%S.%f')[:-3]}  {event:<15} {detail}"
             for at, event, detail in events]

@@ -32,6 +32,7 @@ from .runner.complete import fail_job, maybe_complete, publish_final
 from .runner.image import start_image
 from .runner.region import RegionAborted, process_region
 from .runner.services import Services
+from .state.records import JobRecord
 from .status import FINAL, Status
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ class Worker:
                 if stuck is not None:
                     return Outcome.DONE if fail_job(self.services, request.image_id, stuck) else Outcome.RETRY_LATER
             first, job = start_image(self.services, request, message.get("MessageId", ""))
-            if first is None:  # finished by an earlier delivery: its final status may still be pending
+            # Finished by an earlier delivery (its final status may still be pending), or its row is gone (TTL).
+            if first is None or job is None:
                 return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
             return self._run_region(first, job)
         except Exception as err:
@@ -273,19 +275,20 @@ class Worker:
         """The reason to fail a job whose image message came back too often, or None if its own work (the
         plan and the first region) is done and it only waits for the completion."""
         job = self.services.jobs.get(request.image_id)
-        if not job or "end_time" in job:
+        if job is None or job.ended:
             return None
         first = self.services.regions.first(request.image_id)
-        if job.get("regions_queued") and first.get("region_status") in FINAL:
+        first_status = first.region_status if first is not None else None
+        if job.regions_queued and first_status in FINAL:
             return self._stuck_completion(job, received)
-        if job.get("regions_queued") and first.get("region_status") != Status.STARTED:
+        if job.regions_queued and first_status != Status.STARTED:
             return None  # waiting (its region was never started): no worker died on it
         return (f"the image request was received {received} times and never got through its first region: "
                 f"workers processing it stopped or died (MR_MAX_RECEIVE_COUNT = {self.settings.max_receive_count}), "
                 "so it is failed instead of retried")
 
-    def _stuck_completion(self, job: dict[str, Any], received: int) -> str | None:
-        attempts = int(job.get("completion_attempts", 0))
+    def _stuck_completion(self, job: JobRecord, received: int) -> str | None:
+        attempts = job.completion_attempts or 0
         if attempts <= self.settings.max_receive_count:
             return None
         return (f"the job's completion was started {attempts} times and never finished: workers completing it "
@@ -303,15 +306,15 @@ class Worker:
         logs.bind(job_id=region.job_id, image_id=region.image_id, region_id=region.region_id)
         try:
             job = self.services.jobs.get(region.image_id)
-            if not job:
+            if job is None:
                 log.error("region %s belongs to no known job: dropped", region.region_id)
                 return Outcome.DONE
-            if "end_time" in job:
+            if job.ended:
                 return Outcome.DONE if publish_final(self.services, job) else Outcome.RETRY_LATER
             received = receive_count(message)
             if received > self.settings.max_receive_count:
                 row = self.services.regions.get(region.image_id, region.region_id)
-                state = row.get("region_status")
+                state = row.region_status if row is not None else None
                 stuck = None if state not in FINAL else self._stuck_completion(job, received)
                 if state == Status.STARTED:
                     limit = self.settings.max_receive_count
@@ -355,7 +358,7 @@ class Worker:
         """End a job FAILED with ``reason``: the existing row when ``fail_existing`` finds one, else a FAILED
         row of its own (a job that never had one, so that its status names it); DONE once the status is
         published."""
-        if fail_existing and self.services.jobs.get(image_id):
+        if fail_existing and self.services.jobs.get(image_id) is not None:
             return Outcome.DONE if fail_job(self.services, image_id, reason) else Outcome.RETRY_LATER
         created = self.services.jobs.create_failed(image_id, job_id, url, reason)
         if not created:
@@ -364,7 +367,7 @@ class Worker:
             else Outcome.RETRY_LATER
 
     # Shared ------------------------------------------------------------------------------------------
-    def _run_region(self, region: RegionRequest, job: dict[str, Any]) -> Outcome:
+    def _run_region(self, region: RegionRequest, job: JobRecord) -> Outcome:
         """Process the region, then complete its job if it was the last. Kept (RETRY_LATER) while another
         worker holds the completion, so that the message comes back should that worker die."""
         logs.bind(region_id=region.region_id)

@@ -477,9 +477,9 @@ def test_bad_request(corpus: Corpus, bad: Case) -> None:
     assert final["attributes"]["image_id"] == image_id
     job = JobStore(res.client("dynamodb"), res.job_table).get(image_id)
     assert job, f"no job row {image_id!r}"
-    assert job["job_status"] == outcome
-    assert message.endswith(": " + job["status_reason"])
-    assert job.get("status_published", True) is True
+    assert job.job_status == outcome
+    assert message.endswith(": " + str(job.status_reason))
+    assert job.status_published is not False
 
     after_status = after_final["attributes"]["status"]
     assert after_status == "SUCCESS", f"the request after {bad.id}: {after_final['message']}"

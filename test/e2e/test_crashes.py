@@ -99,7 +99,7 @@ def test_killed_worker_is_replaced_without_loss_or_duplicates(stack, model_serve
     delivered = {json.dumps(r["data"]["features"][0], sort_keys=True) for r in records}
     assert delivered == {json.dumps(f, sort_keys=True) for f in features}  # at least once, none lost
     job = JobStore(stack.client("dynamodb"), stack.job_table).get(f"crash:{scene.path}")
-    assert job["job_status"] == "SUCCESS" and job["status_published"] is True
+    assert job.job_status == "SUCCESS" and job.status_published is True
     print(f"{point}: {len(features)} features, {len(records)} Kinesis records "
           f"({len(records) - len(features)} re-sent)")
 

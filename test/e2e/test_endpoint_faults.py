@@ -34,7 +34,7 @@ def job(stack, job_id, scene, model, mode):
 
 def tiles(stack, job_id, scene):
     rows = RegionStore(stack.client("dynamodb"), stack.region_table).all(f"{job_id}:{scene.path}")
-    return sum(r["succeeded_tile_count"] for r in rows), sum(r["failed_tile_count"] for r in rows)
+    return sum(r.succeeded_tile_count for r in rows), sum(r.failed_tile_count for r in rows)
 
 
 FLAKY = [("HTTP_ENDPOINT", mode) for mode in ("internal", "throttle", "empty", "garbage", "badgeometry", "drop",

@@ -108,9 +108,9 @@ def test_geotiff_and_nitf_rpc_give_the_same_world_detections(stack, model_server
         assert set(pb) >= {"imageGeometry", "imageBBox", "featureClasses", "center_longitude", "center_latitude",
                            "inferenceMetadata"}
     rows = {name: job_row(stack, name, url) for name, url in (("geotiff", tif_url), ("nitf-rpc", ntf_url))}
-    assert rows["geotiff"]["sensor_model"] == "AFFINE" and rows["nitf-rpc"]["sensor_model"] == "RPC"
+    assert rows["geotiff"].sensor_model == "AFFINE" and rows["nitf-rpc"].sensor_model == "RPC"
     for name, row in rows.items():  # for the record: the end-to-end cost per tile
-        print(f"{name}: {row['tile_count']} tiles, {float(row['processing_duration']):.2f} s")
+        print(f"{name}: {row.tile_count} tiles, {float(row.processing_duration):.2f} s")
 
 
 def roi(scene, x0, y0, x1, y1):
@@ -140,15 +140,15 @@ def test_region_of_interest_inside_crossing_outside(stack, model_server, worker_
 
     # Inside: exactly the tiles of the grid that intersect the ROI ran.
     row = job_row(stack, "roi-inside", url)
-    assert row["job_status"] == "SUCCESS" and row["roi_wkt"] == inside.wkt
+    assert row.job_status == "SUCCESS" and row.roi_wkt == inside.wkt
     regions = RegionStore(stack.client("dynamodb"), stack.region_table).all(f"roi-inside:{url}")
-    ran = {tuple(t[0]) for r in regions for t in r.get("succeeded_tiles", [])}
+    ran = {tuple(t[0]) for r in regions for t in r.succeeded_tiles or []}
     grid = TileGrid.plan(1300, 1100, 256, 32)
     expected = {(t.row, t.col) for t in grid.tiles() if t.col < 700 and t.col + 256 > 600 and t.row < 600
                 and t.row + 256 > 500}
     # Of the 2 x 2 regions planned (6 tile columns shared 3 + 3, 5 tile rows 3 + 2), the ROI's tiles lie in the
     # first two, across their seam; the other two are not planned at all.
-    assert ran == expected and row["tile_count"] == len(expected) and len(regions) == 2
+    assert ran == expected and row.tile_count == len(expected) and len(regions) == 2
     features = outputs(stack, "roi-inside")
     for feature in features:  # every feature kept touches the ROI
         assert shapely.geometry.shape(feature["geometry"]).intersects(inside)
@@ -175,7 +175,7 @@ def test_16bit_4band_utm_jpeg_tiles_and_georegistration_none(stack, model_server
 
     # JPEG tiles: 8-bit RGB from the first three bands, stretched once per image (stored in the job row).
     row = job_row(stack, "ms-jpeg", url)
-    stored = json.loads(row["tile_radiometry"])
+    stored = json.loads(row.tile_radiometry)
     assert stored["bands"] == [0, 1, 2] and stored["percentiles"] == [2.0, 98.0]
     low, high = stored["stretch"]
     assert 24 * 257 <= low < high <= 255 * 257
@@ -191,7 +191,7 @@ def test_16bit_4band_utm_jpeg_tiles_and_georegistration_none(stack, model_server
 
     # georegistration NONE: 16-bit PNG tiles (pixel type kept, no stretch), features in pixels only.
     row = job_row(stack, "ms-none", url)
-    assert "tile_radiometry" not in row
+    assert row.tile_radiometry is None
     features = outputs(stack, "ms-none")
     assert recall(features, scene.objects) >= 0.95
     for feature in features:

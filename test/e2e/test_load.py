@@ -140,7 +140,7 @@ def test_twenty_mixed_requests_two_workers(stack: Resources, model_server: Any, 
         final = finals[0]
         assert final["attributes"]["status"] == job.status, f"{job.job_id}: {final['message']}"
         assert job.says in final["message"]
-        assert job_rows.get(final["attributes"]["image_id"])["job_status"] == job.status
+        assert job_rows.get(final["attributes"]["image_id"]).job_status == job.status
         if job.status != "SUCCESS":
             continue
         body = s3.get_object(Bucket=stack.bucket, Key=f"load/{job.job_id}.geojson")["Body"].read()

@@ -90,8 +90,8 @@ def test_two_workers_share_regions_and_match_one_worker(stack, slow_flood, worke
     assert final["attributes"]["status"] == "SUCCESS"
     assert [s["attributes"]["status"] for s in statuses].count("SUCCESS") == 1
     rows = RegionStore(stack.client("dynamodb"), stack.region_table).all(image_id(stack, "two", url))
-    assert len(rows) == REGIONS and all(r["region_status"] == "SUCCESS" for r in rows)
-    by_worker = {r["worker"].rsplit(":", 1)[1] for r in rows}
+    assert len(rows) == REGIONS and all(r.region_status == "SUCCESS" for r in rows)
+    by_worker = {r.worker.rsplit(":", 1)[1] for r in rows}
     assert by_worker == {str(w.pid) for w in workers}, "both workers took regions"
     assert comparable(stack, "two") == clean
 
@@ -108,8 +108,8 @@ def test_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(stack, slow_fl
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # kill it in the middle of a region, after some regions are done
         rows = regions.all(iid)
-        done = [r for r in rows if r["region_status"] == "SUCCESS"]
-        busy = [r for r in rows if r["region_status"] == "STARTED" and r.get("worker", "").endswith(f":{victim.pid}")]
+        done = [r for r in rows if r.region_status == "SUCCESS"]
+        busy = [r for r in rows if r.region_status == "STARTED" and (r.worker or "").endswith(f":{victim.pid}")]
         if len(done) >= 2 and busy:
             break
         time.sleep(0.05)
@@ -130,7 +130,7 @@ def test_killed_worker_is_replaced_and_nothing_is_lost_or_doubled(stack, slow_fl
     assert comparable(stack, "crash") == clean
     assert len(FeatureStore(ddb, stack.feature_table).raw_features(iid)) == TILES * PER_TILE
     job = JobStore(ddb, stack.job_table).get(iid)
-    assert (job["region_success"], job["region_error"], job["regions_done"]) == (REGIONS, 0, REGIONS)
+    assert (job.region_success, job.region_error, job.regions_done) == (REGIONS, 0, REGIONS)
 
 
 def test_sigterm_stops_within_the_limit_and_another_worker_finishes(stack, slow_flood, worker_factory, scene_url):
@@ -142,7 +142,7 @@ def test_sigterm_stops_within_the_limit_and_another_worker_finishes(stack, slow_
     iid = image_id(stack, "term", url)
     regions = RegionStore(stack.client("dynamodb"), stack.region_table)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any(r["region_status"] == "STARTED" for r in regions.all(iid)):
+    while time.monotonic() < deadline and not any(r.region_status == "STARTED" for r in regions.all(iid)):
         time.sleep(0.05)
     started = time.monotonic()
     first.send_signal(signal.SIGTERM)

@@ -106,9 +106,9 @@ def test_image_request_to_merged_outputs(stack, model_server, worker_factory, sc
     ddb = stack.client("dynamodb")
     image_id = f"{job_id}:{url}"
     job = JobStore(ddb, stack.job_table).get(image_id)
-    assert job["job_status"] == "SUCCESS"
-    assert (job["tile_count"], job["region_count"], job["region_success"], job["region_error"]) == (12, 4, 4, 0)
+    assert job.job_status == "SUCCESS"
+    assert (job.tile_count, job.region_count, job.region_success, job.region_error) == (12, 4, 4, 0)
     regions = RegionStore(ddb, stack.region_table).all(image_id)
-    assert sorted(r["region_status"] for r in regions) == ["SUCCESS"] * 4
-    assert sum(r["total_tiles"] for r in regions) == 12
+    assert sorted(r.region_status for r in regions) == ["SUCCESS"] * 4
+    assert sum(r.total_tiles for r in regions) == 12
     assert len(FeatureStore(ddb, stack.feature_table).raw_features(image_id)) == 12

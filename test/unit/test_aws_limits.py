@@ -77,7 +77,7 @@ def test_a_condition_that_failed_is_the_guarded_state(aws, res):
     req, (region, _) = started_job(jobs, regions)
     assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **DONE) is True
     assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **DONE) is False, "a redelivery"
-    assert jobs.get(req.image_id)["regions_done"] == 1
+    assert jobs.get(req.image_id).regions_done == 1
 
 
 @pytest.mark.parametrize("reason", ["TransactionConflict", "ThrottlingError"])
@@ -87,8 +87,8 @@ def test_a_conflict_or_throttling_is_retried_then_succeeds(aws, res, reason):
     aws.inject("TransactWriteItems", reason, times=2, index=1)  # the job row's counter
     assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **DONE) is True
     assert aws.calls["TransactWriteItems"] == 3
-    assert jobs.get(req.image_id)["regions_done"] == 1, "counted once"
-    assert regions.get(req.image_id, region.region_id)["region_status"] == "SUCCESS"
+    assert jobs.get(req.image_id).regions_done == 1, "counted once"
+    assert regions.get(req.image_id, region.region_id).region_status == "SUCCESS"
 
 
 def test_two_regions_finishing_at_once_are_both_counted(res, monkeypatch):
@@ -111,7 +111,7 @@ def test_two_regions_finishing_at_once_are_both_counted(res, monkeypatch):
     assert ("TransactWriteItems", "TransactionCanceledException") in aws.refusals, "they did meet"
     assert results == [True, True]
     row = jobs.get(req.image_id)
-    assert (row["regions_done"], row["region_success"]) == (2, 2)
+    assert (row.regions_done, row.region_success) == (2, 2)
     assert jobs.claim_completion(req.image_id, "w", 60), "the job completes (it stayed IN_PROGRESS before)"
 
 
@@ -122,7 +122,7 @@ def test_conflicts_that_do_not_end_are_raised_as_they_are(aws, res):
     with pytest.raises(ClientError) as err:
         regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **DONE)
     assert not isinstance(err.value, AwsLimitError) and aws.calls["TransactWriteItems"] == ddb.CONFLICT_ATTEMPTS
-    assert regions.get(req.image_id, region.region_id)["region_status"] == "STARTED", "left for the redelivery"
+    assert regions.get(req.image_id, region.region_id).region_status == "STARTED", "left for the redelivery"
     assert regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **DONE) is True
 
 
@@ -132,10 +132,11 @@ def test_a_refused_transaction_fails_with_its_reason(aws, res):
     aws.inject("TransactWriteItems", "ValidationError")
     with pytest.raises(AwsLimitError, match=rf"item 0 \(table {res.region_table}\): ValidationError: Item size"):
         regions.finish(jobs, req.image_id, first.region_id, "SUCCESS", **DONE)
-    # Not injected: a field that makes the row too large for DynamoDB (the wrapper replays the update).
+    # Not injected: a field that makes the row too large for DynamoDB (the wrapper replays the update). The
+    # reasons are not cut to fit (the region keeps at most ten of 500 characters): one this large is refused.
     with pytest.raises(AwsLimitError, match="ValidationError: Item size to update has exceeded"):
-        regions.finish(jobs, req.image_id, second.region_id, "SUCCESS", **DONE, extra={"blob": "x" * 450_000})
-    assert jobs.get(req.image_id)["regions_done"] == 0
+        regions.finish(jobs, req.image_id, second.region_id, "SUCCESS", **DONE, failed_tile_reasons=["x" * 450_000])
+    assert jobs.get(req.image_id).regions_done == 0
 
 
 def test_a_region_of_many_tiles_fits_its_row():
@@ -165,13 +166,13 @@ def test_a_region_row_is_cut_to_fit_when_it_finishes(aws, res, monkeypatch):
         assert regions.finish(jobs, req.image_id, first.region_id, "PARTIAL", start_ms=0, succeeded=tiles[:2_000],
                               failed=tiles[2_000:], total=len(tiles), message=None, feature_count=0)
     row = regions.get(req.image_id, first.region_id)
-    assert (row["succeeded_tile_count"], row["failed_tile_count"]) == (2_000, 1_000)
-    assert len(row["succeeded_tiles"]) + row["succeeded_tiles_omitted"] == 2_000
-    assert row["failed_tiles"] == tiles[2_000:]
+    assert (row.succeeded_tile_count, row.failed_tile_count) == (2_000, 1_000)
+    assert len(row.succeeded_tiles) + row.succeeded_tiles_omitted == 2_000
+    assert row.failed_tiles == tiles[2_000:]
     aws_limit = regions.finish(jobs, req.image_id, second.region_id, "FAILED", start_ms=0, succeeded=[], failed=[],
                                total=0, message="m" * 500_000, feature_count=0)
-    assert aws_limit and regions.get(req.image_id, second.region_id)["message"].endswith(" bytes cut]")
-    assert jobs.get(req.image_id)["regions_done"] == 2
+    assert aws_limit and regions.get(req.image_id, second.region_id).message.endswith(" bytes cut]")
+    assert jobs.get(req.image_id).regions_done == 2
 
 
 # -- DynamoDB keys and items -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from modelrunner.metrics import Metrics
 from modelrunner.requests import DistillationOption, ImageRequest
 from modelrunner.runner.complete import _write_output, merge_regions
 from modelrunner.state.jobs import JobStore
+from modelrunner.state.records import RegionRecord
 
 # Four regions of 1000 px overlapping by 100 px (as regions of whole overlapping tiles do).
 WINDOWS = [(0, 0), (900, 0), (0, 900), (900, 900)]
@@ -50,8 +51,8 @@ def region_results(seed: int) -> tuple[list[dict], dict[str, FeatureSet]]:
                                         rng.choice([20, 40]), round(rng.random(), 2), rng.choice("ab")))
         kept = distill(features, DistillationOption(iou_threshold=0.3))
         region_id = f"r{index}"
-        rows.append({"region_id": region_id, "region_index": index,
-                     "region_bounds": [[row, col], [1000, 1000]]})
+        rows.append(RegionRecord(image_id="img", region_id=region_id, region_index=index,
+                                 region_bounds=[[row, col], [1000, 1000]]))
         results[region_id] = PackedFeatureSet.pack(FeatureSet.of(kept), 5000)
     return rows, results
 
@@ -60,7 +61,7 @@ def region_results(seed: int) -> tuple[list[dict], dict[str, FeatureSet]]:
 def test_seam_merge_equals_a_merge_of_everything(seed):
     rows, results = region_results(seed)
     option = DistillationOption(iou_threshold=0.3)
-    everything = [f for r in rows for f in results[r["region_id"]].features()]
+    everything = [f for r in rows for f in results[r.region_id].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
     merged = list(merge_regions(rows, results, option))
     got = sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged)
@@ -71,7 +72,7 @@ def test_seam_merge_equals_a_merge_of_everything(seed):
 def test_soft_nms_runs_once_over_every_feature():
     rows, results = region_results(7)
     option = DistillationOption(algorithm_type="SOFT_NMS", iou_threshold=0.3)
-    everything = [f for r in rows for f in results[r["region_id"]].features()]
+    everything = [f for r in rows for f in results[r.region_id].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
     merged = list(merge_regions(rows, results, option))
     assert sorted(json.dumps(json.loads(f), sort_keys=True) for f in merged) == expected
@@ -143,18 +144,18 @@ def test_streamed_job_features_are_the_in_memory_merge(algorithm):
 
 def _windows(rows, results):
     for row in rows:
-        (top, left), (width, height) = row["region_bounds"]
-        yield (float(left), float(top), float(left + width), float(top + height)), results[row["region_id"]]
+        (top, left), (width, height) = row.bounds
+        yield (float(left), float(top), float(left + width), float(top + height)), results[row.region_id]
 
 
 def test_a_failed_region_without_result_changes_no_selection():
     rows, results = region_results(4)
     option = DistillationOption(iou_threshold=0.3)
-    missing = rows[1]["region_id"]
+    missing = rows[1].region_id
     without = {k: v for k, v in results.items() if k != missing}
     empty = dict(without, **{missing: PackedFeatureSet.pack(FeatureSet.empty(), 1000)})
     assert sorted(merge_regions(rows, without, option)) == sorted(merge_regions(rows, empty, option))
-    everything = [f for r in rows if r["region_id"] != missing for f in results[r["region_id"]].features()]
+    everything = [f for r in rows if r.region_id != missing for f in results[r.region_id].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
     assert sorted(json.dumps(json.loads(t), sort_keys=True) for t in merge_regions(rows, without, option)) == expected
 

@@ -8,6 +8,7 @@ from modelrunner.cli import build_parser
 from modelrunner.local.demo import build_request, summary_rows
 from modelrunner.local.stack import Resources
 from modelrunner.requests import RECOMMENDED_DISTILLATION, DistillationOption, ImageRequest, KinesisOutput, S3Output
+from modelrunner.state.records import JobRecord
 
 RES = Resources(endpoint="http://127.0.0.1:1", prefix="demo", bucket="out-bucket", stream="out-stream")
 URL = "s3://images/scene.tif"
@@ -37,10 +38,12 @@ def test_an_http_demo_invokes_the_model_url() -> None:
 
 
 def test_summary_rows_read_the_final_job_row() -> None:
-    job = {"job_status": "PARTIAL", "status_reason": "1 region failed", "width": 100, "height": 50,
+    job = JobRecord.from_item({
+        "image_id": "demo-1:" + URL, "job_status": "PARTIAL", "status_reason": "1 region failed", "width": 100,
+        "height": 50,
            "image_extension": "TIFF", "region_count": 2, "region_success": 1, "region_error": 1,
            "tile_count": 8, "failed_tile_count": 2, "feature_count": 5, "raw_feature_count": 9,
-           "processing_duration": 4.0}
+           "processing_duration": 4.0})
     rows = dict(summary_rows(job, [], "NMS IOU 0.75"))
     assert rows == {"status": "PARTIAL (1 region failed)", "image": "100 x 50 px, TIFF",
                     "regions": "2 (1 ok, 1 errors)", "tiles": "8 (2 failed)",
@@ -49,6 +52,7 @@ def test_summary_rows_read_the_final_job_row() -> None:
 
 
 def test_summary_rows_of_a_job_row_without_timings() -> None:
-    rows = dict(summary_rows({"job_status": "SUCCESS"}, [{}, {}], "m"))
+    rows = dict(summary_rows(JobRecord.from_item({"image_id": "demo-1:" + URL, "job_status": "SUCCESS"}), [{}, {}],
+                             "m"))
     assert (rows["status"], rows["seconds"], rows["features"]) == ("SUCCESS", "0.00 (0.0 tiles/s)",
                                                                    "2 after merging ? detections")

@@ -387,6 +387,7 @@ def test_the_first_region_stores_the_stretch_and_every_other_region_uses_it(moto
     from modelrunner.requests import RegionRequest
     from modelrunner.runner.region import RADIOMETRY_KEY, _tile_radiometry
     from modelrunner.state.jobs import JobStore
+    from modelrunner.state.records import JobRecord
 
     client = boto3.client("dynamodb")
     client.create_table(TableName="jobs", KeySchema=[{"AttributeName": "image_id", "KeyType": "HASH"}],
@@ -400,17 +401,21 @@ def test_the_first_region_stores_the_stretch_and_every_other_region_uses_it(moto
     first = make_scene(str(tmp_path / "a.tif"), 300, 200, seed=1, dtype="uint16")
     other = make_scene(str(tmp_path / "b.tif"), 300, 200, seed=2, dtype="uint16", bands=1)
     with ImageSource.open(first.path) as a, ImageSource.open(other.path) as b:
-        stored = _tile_radiometry(services, region, {}, a)
+        unread = JobRecord(image_id=region.image_id)  # the job row as a region read it before any stretch
+        stored = _tile_radiometry(services, region, unread, a)
         assert stored.stretch is not None
-        assert jobs.get(region.image_id)[RADIOMETRY_KEY] == stored.to_json()
+        assert jobs.get(region.image_id).tile_radiometry == stored.to_json()
         # A region that read the job row before the first one stored it measures its own, and uses the stored.
-        assert _tile_radiometry(services, region, {}, b) == stored
-        assert _tile_radiometry(services, region, {RADIOMETRY_KEY: stored.to_json()}, b) == stored
+        assert _tile_radiometry(services, region, unread, b) == stored
+        assert _tile_radiometry(services, region, JobRecord(image_id=region.image_id,
+                                                            tile_radiometry=stored.to_json()), b) == stored
     # A Byte image needs no stretch: nothing is stored.
     byte = make_scene(str(tmp_path / "c.tif"), 100, 100, seed=3)
     client.put_item(TableName="jobs", Item={"image_id": {"S": "other:x"}})
     with ImageSource.open(byte.path) as c:
         assert _tile_radiometry(services, RegionRequest(job_id="other", image_url="x", model_name="m",
                                                         region_bounds=((0, 0), (1, 1)), tile_format="JPEG",
-                                                        tile_compression="JPEG"), {}, c) == TileRadiometry()
-    assert RADIOMETRY_KEY not in jobs.get("other:x")
+                                                        tile_compression="JPEG"), JobRecord(image_id="other:x"),
+                                 c) == TileRadiometry()
+    assert jobs.get("other:x").tile_radiometry is None
+    assert RADIOMETRY_KEY == "tile_radiometry", "the attribute set_once writes is the record's field"

@@ -23,6 +23,7 @@ from modelrunner.runner.complete import maybe_complete
 from modelrunner.runner.image import start_image
 from modelrunner.runner.region import process_region
 from modelrunner.runner.services import Services
+from modelrunner.state.records import JobRecord
 
 # The reference's table (interface notes, section 9): each operation's exact dimension set and the metric
 # names it must carry. Tiles/Features/Throttles on the region and image records are ours, and extra;
@@ -108,13 +109,13 @@ def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_pa
         "outputs": [{"type": "S3", "bucket": res.bucket, "prefix": ""}]})
 
     first, job = start_image(services, request)
-    rows = sorted(services.regions.all(request.image_id), key=lambda r: r["region_index"])
+    rows = sorted(services.regions.all(request.image_id), key=lambda r: r.region_index)
     for row in rows:
-        (r, c), (w, h) = row["region_bounds"]
+        (r, c), (w, h) = row.region_bounds
         region = RegionRequest.for_image(request, ((r, c), (w, h)), "TIFF")
         assert process_region(services, region, job=job).counted
     assert maybe_complete(services, request.image_id)
-    assert services.jobs.get(request.image_id)["job_status"] == "SUCCESS"
+    assert services.jobs.get(request.image_id).job_status == "SUCCESS"
 
     records = parse(out.getvalue())
     by_operation: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -129,7 +130,7 @@ def test_one_job_emits_the_reference_names_and_dimensions(moto_aws: None, tmp_pa
     def samples(operation: str) -> int:
         return sum(len(r["Duration"]) if isinstance(r["Duration"], list) else 1 for r in by_operation[operation])
 
-    tiles = sum(int(row["total_tiles"]) for row in services.regions.all(request.image_id))
+    tiles = sum(int(row.total_tiles) for row in services.regions.all(request.image_id))
     assert tiles == 12 == runtime.calls
     # Every tile is one sample of the per-tile operations, counted once.
     for operation in ("TileGeneration", "TileProcessing", "ModelInvocation", "FeatureRefinement"):
@@ -173,7 +174,7 @@ def test_a_region_held_back_for_capacity_is_a_throttled_region(moto_aws: None) -
     region = RegionRequest.for_image(request, ((0, 0), (1024, 1024)), "NITF")
 
     with pytest.raises(EndpointBusy):
-        process_region(services, region, job={})
+        process_region(services, region, job=JobRecord(image_id=request.image_id))
 
     records = parse(out.getvalue())
     assert {check(r, names=set()) for r in records} == {"Scheduling", "RegionProcessing"}

@@ -15,7 +15,7 @@ from modelrunner.aws import AwsClients
 from modelrunner.config import Settings
 from modelrunner.local.scene import make_scene
 from modelrunner.local.stack import create_resources
-from modelrunner.requests import DistillationOption, ImageRequest, RegionRequest
+from modelrunner.requests import ImageRequest, RegionRequest
 from modelrunner.runner.complete import maybe_complete
 from modelrunner.runner.image import start_image
 from modelrunner.runner.region import _run_tiles, process_region
@@ -59,10 +59,8 @@ def world(moto_aws, tmp_path):
 
 
 def regions_of(services, request):
-    rows = sorted(services.regions.all(request.image_id), key=lambda r: r["region_index"])
-    return [RegionRequest.for_image(request, ((r["region_bounds"][0][0], r["region_bounds"][0][1]),
-                                              (r["region_bounds"][1][0], r["region_bounds"][1][1])), "TIFF")
-            for r in rows]
+    rows = sorted(services.regions.all(request.image_id), key=lambda r: r.index)
+    return [RegionRequest.for_image(request, r.bounds, "TIFF") for r in rows]
 
 
 def test_duplicate_deliveries_change_nothing(world):
@@ -72,10 +70,10 @@ def test_duplicate_deliveries_change_nothing(world):
     regions = regions_of(services, request)
     assert len(regions) == 4
     assert first == regions[0]
-    assert services.jobs.get(request.image_id)["regions_queued"] is True
+    assert services.jobs.get(request.image_id).regions_queued is True
 
     # A worker died mid-region: its tiles ran and its raw features were written, the row never finished.
-    _run_tiles(services, regions[1], job, DistillationOption(), None)
+    _run_tiles(services, regions[1], job.image_request(), job, None)
     calls = model.calls
     for region in regions:
         assert process_region(services, region, job=job).counted
@@ -84,7 +82,7 @@ def test_duplicate_deliveries_change_nothing(world):
     again = process_region(services, regions[2], job=job)
     assert not again.counted and model.calls == calls + 12
     row = services.jobs.get(request.image_id)
-    assert (row["regions_done"], row["region_success"]) == (4, 4)
+    assert (row.regions_done, row.region_success) == (4, 4)
     assert len(services.features.raw_features(request.image_id)) == 12
 
     # The image message redelivered: same job, nothing queued again, the first region found finished.

@@ -23,6 +23,7 @@ from modelrunner.requests import ImageRequest, S3Output
 from modelrunner.sinks import write_s3
 from modelrunner.sinks.formats import GeoParquetWriter
 from modelrunner.sinks.stac import JobDescription
+from modelrunner.state.records import JobRecord
 
 REGION = "us-east-1"
 BUCKET = "results"
@@ -140,8 +141,8 @@ def test_stac_item_points_at_every_format_with_footprint_and_request(s3: Any) ->
         "imageProcessorParameters": {"threshold": 0.5},
         "outputs": [{"type": "S3", "bucket": BUCKET, "prefix": "out/", "formats": ["GeoJSON", "GeoParquet"],
                      "stacItem": True}]})
-    job = {"extents": json.dumps({"north": 50.2, "south": 50.1, "east": 5.2, "west": 5.0}), "width": 9000,
-           "height": 9000, "start_time": 1_796_000_000_000, "sensor_model": "AFFINE"}
+    job = JobRecord(image_id=request.image_id, width=9000, height=9000, start_time=1_796_000_000_000,
+                    extents=json.dumps({"north": 50.2, "south": 50.1, "east": 5.2, "west": 5.0}), sensor_model="AFFINE")
     texts = list(job_feature_texts(300, seed=1, image_size=9000, region_size=4096))
 
     result = write_s3(s3, request.outputs[0], JOB, texts, job=JobDescription.of(request, job))

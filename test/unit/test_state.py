@@ -53,12 +53,12 @@ def test_job_is_created_once_and_ended_once(stores):
     assert jobs.create(req) is True
     assert jobs.create(req) is False
     row = jobs.get(req.image_id)
-    assert row["job_status"] == "STARTED" and row["tile_size"] == "(1024, 1024)"
-    assert row["feature_distillation_option"] == '{"algorithm_type": "NMS", "iou_threshold": 0.75}'
-    assert row["expire_time"] == row["start_time"] // 1000 + 86400
+    assert row.job_status == "STARTED" and row.tile_size == "(1024, 1024)"
+    assert row.feature_distillation_option == '{"algorithm_type": "NMS", "iou_threshold": 0.75}'
+    assert row.expire_time == row.start_time // 1000 + 86400
     assert jobs.end(req.image_id, "SUCCESS", "done") > 0
     assert jobs.end(req.image_id, "FAILED", "again") is None
-    assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
+    assert jobs.get(req.image_id).job_status == "SUCCESS"
 
 
 def test_a_request_as_large_as_an_sqs_message_fits_its_job_row(stores):
@@ -73,9 +73,9 @@ def test_a_request_as_large_as_an_sqs_message_fits_its_job_row(stores):
     req = ImageRequest.from_dict(raw)
     assert jobs.create(req) is True
     row = jobs.get(req.image_id)
-    assert json.loads(row["feature_properties"]) == raw["featureProperties"]
-    assert row["roi_wkt"] == raw["regionOfInterest"]
-    assert ImageRequest.from_dict(json.loads(row["request"])).outputs == req.outputs
+    assert json.loads(row.feature_properties) == raw["featureProperties"]
+    assert row.roi_wkt == raw["regionOfInterest"]
+    assert ImageRequest.from_dict(json.loads(row.request)).outputs == req.outputs
 
 
 def test_regions_count_once_and_exactly_one_worker_completes(stores):
@@ -87,11 +87,11 @@ def test_regions_count_once_and_exactly_one_worker_completes(stores):
     assert jobs.claim_completion(req.image_id, "w1", 60) is False, "one region still open"
     assert regions.finish(jobs, req.image_id, r2.region_id, "PARTIAL", **{**kwargs, "failed": [[[0, 0], [1, 1]]]})
     row = jobs.get(req.image_id)
-    assert (row["regions_done"], row["region_success"], row["region_error"]) == (2, 1, 1)
+    assert (row.regions_done, row.region_success, row.region_error) == (2, 1, 1)
     assert jobs.claim_completion(req.image_id, "w1", 60) is True
     assert jobs.claim_completion(req.image_id, "w2", 60) is False
     assert jobs.claim_completion(req.image_id, "w3", -1) is True, "a stale claim is taken over"
-    assert [r["region_status"] for r in sorted(regions.all(req.image_id), key=lambda r: r["region_index"])] == \
+    assert [r.region_status for r in sorted(regions.all(req.image_id), key=lambda r: r.region_index)] == \
         ["SUCCESS", "PARTIAL"]
 
 
@@ -181,12 +181,12 @@ def test_a_region_finished_meanwhile_is_not_reopened_nor_counted_twice(stores):
         after = regions.start(region, "b")
     finally:
         regions.get = original_get
-    assert after["region_status"] == "SUCCESS", "b is told the region is finished"
+    assert after.region_status == "SUCCESS", "b is told the region is finished"
     regions.progress(req.image_id, region.region_id, 1, 0, 0)
     assert not regions.finish(jobs, req.image_id, region.region_id, "SUCCESS", **kwargs)
     row = regions.get(req.image_id, region.region_id)
-    assert (row["region_status"], row["succeeded_tile_count"]) == ("SUCCESS", 1)
-    assert jobs.get(req.image_id)["regions_done"] == 1
+    assert (row.region_status, row.succeeded_tile_count) == ("SUCCESS", 1)
+    assert jobs.get(req.image_id).regions_done == 1
 
 
 def test_a_finished_job_is_not_reopened_and_claims_are_renewed_by_their_owner(stores):
@@ -199,7 +199,7 @@ def test_a_finished_job_is_not_reopened_and_claims_are_renewed_by_their_owner(st
     assert jobs.update_unfinished(req.image_id, {"width": 10})
     jobs.end(req.image_id, "SUCCESS", "done")
     assert not jobs.update_unfinished(req.image_id, {"job_status": "IN_PROGRESS"})
-    assert jobs.get(req.image_id)["job_status"] == "SUCCESS"
+    assert jobs.get(req.image_id).job_status == "SUCCESS"
     assert jobs.create_failed("bad:x", "bad", "x", "reason") is True
     assert jobs.create_failed("bad:x", "bad", "x", "reason") is False
 

@@ -20,6 +20,7 @@ from modelrunner.local.stack import create_resources
 from modelrunner.runner.complete import job_outcome
 from modelrunner.runner.services import Services
 from modelrunner.sinks import SinkResult
+from modelrunner.state.records import RegionRecord
 from modelrunner.worker import GC_YOUNG_THRESHOLD, MAX_VISIBILITY_SECONDS, Heartbeat, Outcome, Worker, settle_heap
 
 
@@ -97,7 +98,7 @@ def test_a_job_runs_and_its_message_is_deleted(world):
     assert worker.poll_once()
     assert queued(res, res.image_queue) == (0, 0)
     assert [s[:2] for s in statuses(res)] == [("j1", "STARTED"), ("j1", "IN_PROGRESS"), ("j1", "SUCCESS")]
-    assert worker.services.jobs.get(f"j1:{scene.path}")["status_published"] is True
+    assert worker.services.jobs.get(f"j1:{scene.path}").status_published is True
 
 
 def test_a_bad_request_fails_once_and_is_deleted(world):
@@ -111,7 +112,7 @@ def test_a_bad_request_fails_once_and_is_deleted(world):
     seen = statuses(res)
     assert len(seen) == 1 and seen[0][1] == "FAILED" and "imageProcessorTileSize: must be >= 1" in seen[0][2]
     row = worker.services.jobs.get(f"j1:{scene.path}")
-    assert row["job_status"] == "FAILED" and "imageProcessorTileSize" in row["status_reason"]
+    assert row.job_status == "FAILED" and "imageProcessorTileSize" in row.status_reason
 
 
 def test_a_refused_url_names_the_field(world):
@@ -131,7 +132,7 @@ def test_a_final_status_sns_refused_is_published_by_the_next_delivery(world):
     worker.services.status.sns.down = True
     assert worker.handle_image(message) is Outcome.RETRY_LATER  # ended in the row, not yet published
     row = worker.services.jobs.get(f"j1:{scene.path}")
-    assert row["job_status"] == "SUCCESS" and row["status_published"] is False
+    assert row.job_status == "SUCCESS" and row.status_published is False
     assert statuses(res) == []
     worker.services.status.sns.down = False
     # The publication claim of the failed attempt must lapse first (a worker may still be publishing).
@@ -151,7 +152,7 @@ def test_a_model_failing_every_second_call_still_succeeds(world):
     assert worker.poll_once()
     assert statuses(res)[-1][1] == "SUCCESS"
     row = worker.services.regions.all(f"j1:{scene.path}")[0]
-    assert row["failed_tile_count"] == 0 and row["succeeded_tile_count"] == row["total_tiles"] == 6
+    assert row.failed_tile_count == 0 and row.succeeded_tile_count == row.total_tiles == 6
 
 
 def test_a_model_failing_some_tiles_for_good_ends_partial_with_the_cause(world):
@@ -219,7 +220,7 @@ def test_an_invalid_region_message_fails_its_job_once(world):
         assert worker.poll_once()
     (_, status, reason), = statuses(res)
     assert status == "FAILED" and "region_bounds: must have a non-negative origin and positive size" in reason
-    assert worker.services.jobs.get(request.image_id)["job_status"] == "FAILED"
+    assert worker.services.jobs.get(request.image_id).job_status == "FAILED"
 
 
 class RecordingSqs:
@@ -264,12 +265,12 @@ def test_stop_hands_unfinished_work_back(world, monkeypatch):
     res.client("sqs").send_message(QueueUrl=res.image_queue, MessageBody=request_body(res, scene))
     assert worker.run(max_messages=5) == 1
     assert queued(res, res.image_queue) == (1, 0)  # visible again for another worker
-    assert worker.services.jobs.get(f"j1:{scene.path}").get("end_time") is None
+    assert worker.services.jobs.get(f"j1:{scene.path}").end_time is None
 
 
 def rows(*specs):
-    return [{"region_status": s, "total_tiles": t, "failed_tile_count": f, "failed_tile_reasons": r,
-             "message": m} for s, t, f, r, m in specs]
+    return [RegionRecord(image_id="j:u", region_id=f"r{i}", region_status=s, total_tiles=t, failed_tile_count=f,
+                         failed_tile_reasons=r, message=m) for i, (s, t, f, r, m) in enumerate(specs)]
 
 
 @pytest.mark.parametrize("regions, sinks, expected, words", [
@@ -314,7 +315,7 @@ def test_an_output_that_cannot_be_written_for_now_leaves_the_job_to_retry(world,
     message = sqs.receive_message(QueueUrl=res.image_queue, AttributeNames=["All"])["Messages"][0]
     assert worker.handle_image(message) is Outcome.RETRY_LATER
     row = worker.services.jobs.get(f"j1:{scene.path}")
-    assert "end_time" not in row and "completion_worker" not in row  # open, and its claim given back
+    assert row.end_time is None and row.completion_worker is None  # open, and its claim given back
     assert [s[1] for s in statuses(res)] == ["STARTED", "IN_PROGRESS"]
     assert worker.handle_image(message) is Outcome.DONE
     assert [s[1] for s in statuses(res)] == ["SUCCESS"]
@@ -361,7 +362,7 @@ def test_a_job_whose_row_is_refused_fails_under_its_own_job_id(worker: Any) -> N
     assert text == ("StatusMonitor update: RequestStatus.FAILED refused: An error occurred (ValidationException) "
                     "when calling the PutItem operation: Item size has exceeded the maximum allowed size")
     row = services.jobs.get("refused:s3://images/k.tif")
-    assert row["job_status"] == "FAILED" and row["job_id"] == "refused" and row["status_published"] is True
+    assert row.job_status == "FAILED" and row.job_id == "refused" and row.status_published is True
 
 
 # ---------- the process-level heap settings: start-up objects out of the collector's sight

@@ -227,8 +227,8 @@ def check_container_a(run: Checked) -> list[str]:
     expect(final["attributes"]["status"] == "SUCCESS", f"job in container A: {names}: {final['message']}")
     expect(names[0] == "STARTED" and names.count("SUCCESS") == 1, f"statuses of the job: {names}")
     job = JobStore(res.client("dynamodb"), res.job_table).get(f"in-container:{run.url}")
-    expect((job.get("tile_count"), job.get("region_count")) == (TILES, REGIONS),
-           f"the job row counts {job.get('tile_count')} tiles in {job.get('region_count')} regions, "
+    expect(job is not None and (job.tile_count, job.region_count) == (TILES, REGIONS),
+           f"the job row counts {job and job.tile_count} tiles in {job and job.region_count} regions, "
            f"not {TILES} in {REGIONS}")
     got = features(res, "in-container")
     records = [r for r in kinesis_records(res) if r["partition_key"] == "in-container"]

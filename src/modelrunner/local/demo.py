@@ -17,12 +17,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..requests import DISTILLATION_STEP, RECOMMENDED_DISTILLATION, DistillationOption
 from ..state.jobs import JobStore
+from ..state.records import JobRecord
 from ..state.regions import RegionStore
 from ..status import FINAL
 from .accuracy import score_features
@@ -44,18 +45,18 @@ def _bar(done: int, total: int, width: int = 28) -> str:
     return "#" * filled + "-" * (width - filled)
 
 
-def _progress(res: Resources, image_id: str, started: float) -> tuple[dict[str, Any], str]:
+def _progress(res: Resources, image_id: str, started: float) -> tuple[JobRecord | None, str]:
     ddb = res.client("dynamodb")
     job = JobStore(ddb, res.job_table).get(image_id)
-    rows = RegionStore(ddb, res.region_table).all(image_id) if job else []
-    done = sum(int(r.get("succeeded_tile_count", 0)) + int(r.get("failed_tile_count", 0)) for r in rows)
-    total = int(job.get("tile_count", 0) or 0)
+    rows = RegionStore(ddb, res.region_table).all(image_id) if job is not None else []
+    done = sum(r.succeeded_tile_count + r.failed_tile_count for r in rows)
+    total = (job.tile_count if job is not None else None) or 0
     elapsed = max(1e-6, time.monotonic() - started)
     rate = done / elapsed
     eta = f"{(total - done) / rate:4.0f}s" if rate > 0 and total else "   -"
-    regions = f"{job.get('regions_done', 0)}/{job.get('region_count', 0)}"
+    regions = f"{job.regions_done or 0}/{job.region_count}" if job is not None else "0/0"
     line = (f"[{_bar(done, total)}] tiles {done}/{total or '?'}  {rate:5.1f} tiles/s  "
-            f"ETA {eta}  regions {regions}  {job.get('job_status', 'QUEUED')}")
+            f"ETA {eta}  regions {regions}  {(job.job_status if job is not None else None) or 'QUEUED'}")
     return job, line
 
 
@@ -134,11 +135,11 @@ def build_request(args: argparse.Namespace, res: Resources, model_url: str, job_
 
 
 def _follow(res: Resources, image_id: str, workers: list[Any],
-            timeout: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            timeout: float) -> tuple[JobRecord | None, list[dict[str, Any]]]:
     """Show the progress bar until the job is final, every worker has exited or ``timeout`` s have passed;
     return the last job row and every status message seen (read as they come, so the queue stays short)."""
     statuses: list[dict[str, Any]] = []
-    job: dict[str, Any] = {}
+    job: JobRecord | None = None
     job_started = time.monotonic()
     tty = sys.stdout.isatty()
     last_line = ""
@@ -148,7 +149,7 @@ def _follow(res: Resources, image_id: str, workers: list[Any],
         if line != last_line:
             print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
             last_line = line
-        if job.get("job_status") in FINAL and job.get("end_time"):
+        if job is not None and job.job_status in FINAL and job.end_time:
             break
         if all(w.poll() is not None for w in workers):
             print("\nall workers exited; see worker-*.log", file=sys.stderr)
@@ -172,25 +173,25 @@ def _download_result(res: Resources, job_id: str, out_dir: str) -> tuple[str, li
     return result_path, features
 
 
-def summary_rows(job: Mapping[str, Any], features: Sequence[Any], merge_line: str) -> list[tuple[str, str]]:
+def summary_rows(job: JobRecord, features: Sequence[Any], merge_line: str) -> list[tuple[str, str]]:
     """The summary's (label, value) rows read from the final job row: status, image, counts, speed, merge."""
-    status = job.get("job_status", "UNKNOWN")
-    seconds = float(job.get("processing_duration", 0))
-    tiles = int(job.get("tile_count", 0))
+    status = job.job_status or "UNKNOWN"
+    seconds = float(job.processing_duration or 0)
+    tiles = job.tile_count or 0
+    feature_count = len(features) if job.feature_count is None else job.feature_count
+    detections = "?" if job.raw_feature_count is None else job.raw_feature_count
     return [
-        ("status", status + ("" if status == "SUCCESS" else f" ({job.get('status_reason', '')})")),
-        ("image", f"{job.get('width')} x {job.get('height')} px, {job.get('image_extension', '')}"),
-        ("regions", f"{job.get('region_count')} ({job.get('region_success')} ok, "
-                    f"{job.get('region_error')} errors)"),
-        ("tiles", f"{tiles} ({job.get('failed_tile_count', 0)} failed)"),
-        ("features", f"{job.get('feature_count', len(features))} after merging "
-                     f"{job.get('raw_feature_count', '?')} detections"),
+        ("status", status + ("" if status == "SUCCESS" else f" ({job.status_reason or ''})")),
+        ("image", f"{job.width} x {job.height} px, {job.image_extension or ''}"),
+        ("regions", f"{job.region_count} ({job.region_success} ok, {job.region_error} errors)"),
+        ("tiles", f"{tiles} ({job.failed_tile_count or 0} failed)"),
+        ("features", f"{feature_count} after merging {detections} detections"),
         ("seconds", f"{seconds:.2f} ({tiles / seconds if seconds else 0:.1f} tiles/s)"),
         ("merge", merge_line),
     ]
 
 
-def _report(args: argparse.Namespace, res: Resources, job: dict[str, Any], job_id: str, image: _Image,
+def _report(args: argparse.Namespace, res: Resources, job: JobRecord, job_id: str, image: _Image,
             out_dir: str, merge_line: str) -> None:
     """Download the outputs, draw the overlay and print the summary table (and how to open the GeoParquet)."""
     result_path, features = _download_result(res, job_id, out_dir)
@@ -242,8 +243,8 @@ def run_demo(args: argparse.Namespace) -> int:
         job, statuses = _follow(res, f"{job_id}:{image.url}", workers, args.timeout)
         with open(os.path.join(out_dir, "statuses.json"), "w") as handle:
             json.dump(statuses, handle, indent=2)
-        status = job.get("job_status", "UNKNOWN")
-        if status not in FINAL:
+        status = (job.job_status if job is not None else None) or "UNKNOWN"
+        if job is None or status not in FINAL:
             print(f"job did not finish within {args.timeout} s", file=sys.stderr)
             return 1
         _report(args, res, job, job_id, image, out_dir, merge_line)

@@ -29,6 +29,7 @@ from ..sinks import SinkResult, write_kinesis, write_s3
 from ..sinks.checkpoint import DeliveryCheckpoint, decode_chunks
 from ..sinks.stac import JobDescription
 from ..state.jobs import JobStore
+from ..state.records import JobRecord, RegionRecord
 from ..status import Status
 from . import rerun
 from .services import Services
@@ -70,26 +71,26 @@ def maybe_complete(services: Services, image_id: str) -> bool:
             services.features.forget(image_id)
         return publish_final(services, services.jobs.get(image_id), claimed=ended)
     job = services.jobs.get(image_id)
-    if "end_time" in job:
+    if job is not None and job.ended:
         return publish_final(services, job)
-    all_done = int(job.get("region_count", 0)) > 0 and job.get("regions_done") == job.get("region_count")
+    all_done = job is not None and job.region_count > 0 and job.regions_done == job.region_count
     return not all_done
 
 
-def publish_final(services: Services, job: dict[str, Any], *, claimed: bool = False) -> bool:
+def publish_final(services: Services, job: JobRecord | None, *, claimed: bool = False) -> bool:
     """Publish the job's final status if it is still pending; True when nothing is pending any more.
 
     ``claimed``: this worker just ended the job (ending it claims the publication). False means it could not
     be published now (SNS failed, or another worker is publishing it): the caller keeps its message, which
-    comes back and tries again."""
-    if "end_time" not in job or job.get("status_published", True) is not False:
+    comes back and tries again. ``job`` None (no row): nothing to publish."""
+    if job is None or not job.publication_pending:
         return True
-    image_id = str(job["image_id"])
+    image_id = job.image_id
     if not claimed and not services.jobs.claim_publish(image_id, services.settings.visibility_timeout):
         current = services.jobs.get(image_id)
-        return current.get("status_published", True) is not False
-    if not services.status.image(str(job.get("job_status", Status.FAILED)), str(job.get("job_id", "")), image_id,
-                                 str(job.get("status_reason", "")), float(job.get("processing_duration") or 0.001)):
+        return current is None or current.status_published is not False
+    if not services.status.image(job.job_status or Status.FAILED, job.job_id, image_id, job.status_reason or "",
+                                 float(job.processing_duration or 0.001)):
         return False
     services.jobs.mark_published(image_id)
     return True
@@ -110,20 +111,21 @@ def complete(services: Services, image_id: str) -> str | None:
     merge needs world coordinates, stays open while the outputs stream and is closed on every path."""
     started = time.monotonic()
     job = services.jobs.get(image_id)
-    request = ImageRequest.from_dict(json.loads(job["request"]))
+    if job is None:
+        raise LookupError(f"job {image_id} has no row to complete")
+    request = job.image_request(columns=False)
     with _LazyRelocate(services, request) as relocate:
         return _complete(services, image_id, job, request, relocate, started)
 
 
-def _complete(services: Services, image_id: str, job: dict[str, Any], request: ImageRequest,
+def _complete(services: Services, image_id: str, job: JobRecord, request: ImageRequest,
               relocate: Relocate, started: float) -> str | None:
-    rows = sorted(services.regions.all(image_id), key=lambda r: int(r.get("region_index", 0)))
-    finished = {r["region_id"]: (str(r.get("result_attempt", "")), int(r["result_chunks"]))
-                for r in rows if int(r.get("result_chunks", 0))}
+    rows = sorted(services.regions.all(image_id), key=lambda r: r.index)
+    finished = {r.region_id: (r.result_attempt or "", r.result_chunks) for r in rows if r.result_chunks}
     results = services.features.region_results(image_id, finished)
     read_s = time.monotonic() - started
     merged = merge_regions(rows, results, request.distillation, relocate)
-    raw_count = sum(int(r.get("raw_feature_count", 0)) for r in rows)
+    raw_count = sum(r.raw_feature_count or 0 for r in rows)
     select_s = time.monotonic() - started
     log.info("job %s: %d features from %d regions read in %.2f s and merged in %.2f s (%d result bytes)",
              request.job_id, len(merged), len(finished), read_s, select_s - read_s,
@@ -149,16 +151,16 @@ def _complete(services: Services, image_id: str, job: dict[str, Any], request: I
     status, reason = job_outcome(rows, sink_results, reasons)
     fields: dict[str, Any] = {
         "feature_count": len(merged), "raw_feature_count": raw_count,
-        "failed_tile_count": sum(int(r.get("failed_tile_count", 0)) for r in rows),
+        "failed_tile_count": sum(r.failed_tile_count for r in rows),
         "outputs_written": json.dumps([r.sink for r in sink_results]),
     }
     duration = services.jobs.end(image_id, status, reason, fields)
     if duration is None:
         log.info("job %s was ended by another worker", request.job_id)
         return None
-    tiles = sum(int(r.get("total_tiles", 0)) for r in rows)
+    tiles = sum(r.total_tiles or 0 for r in rows)
     services.metrics.emit("ImageProcessing", {"ModelName": request.model_name,
-                                              "InputFormat": input_format(job.get("image_extension"))},
+                                              "InputFormat": input_format(job.image_extension)},
                           {"Duration": (duration, "Seconds"), "Invocations": (1, "Count"),
                            "Errors": (1 if status != Status.SUCCESS else 0, "Count"),
                            "Tiles": (tiles, "Count"), "Features": (len(merged), "Count")})
@@ -173,17 +175,17 @@ def _complete(services: Services, image_id: str, job: dict[str, Any], request: I
 MAX_REASONS_IN_STATUS = 5
 
 
-def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink_reasons: list[str]
+def job_outcome(rows: list[RegionRecord], sink_results: list[SinkResult], sink_reasons: list[str]
                 ) -> tuple[str, str]:
     """The job's final status and reason from its region rows and what the outputs took.
 
     FAILED when no output could be written or no tile produced anything; PARTIAL when some tiles or
     regions failed or an output lost features (whenever some tiles succeeded, never FAILED); else SUCCESS.
     The reason gives the counts and the underlying causes (the endpoint's answer, GDAL's error)."""
-    total = sum(int(r.get("total_tiles", 0)) for r in rows)
-    failed = sum(int(r.get("failed_tile_count", 0)) for r in rows)
-    broken = [r for r in rows if r.get("region_status") == Status.FAILED and int(r.get("failed_tile_count", 0)) == 0]
-    succeeded = total - failed - sum(int(r.get("total_tiles", 0)) for r in broken)
+    total = sum(r.total_tiles or 0 for r in rows)
+    failed = sum(r.failed_tile_count for r in rows)
+    broken = [r for r in rows if r.region_status == Status.FAILED and r.failed_tile_count == 0]
+    succeeded = total - failed - sum(r.total_tiles or 0 for r in broken)
     written = [r for r in sink_results if r.features_written or not r.features_failed]
     if not written or succeeded <= 0:
         status = Status.FAILED
@@ -196,12 +198,12 @@ def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink
         return status, reason
     causes: list[str] = []
     for row in rows:
-        for cause in row.get("failed_tile_reasons") or []:
+        for cause in row.failed_tile_reasons or []:
             if cause not in causes:
                 causes.append(str(cause))
-        message = row.get("message")
-        if row in broken and message and message not in causes:
-            causes.append(str(message))
+        message = row.message
+        if any(row is b for b in broken) and message and message not in causes:
+            causes.append(message)
     details = []
     if failed:
         details.append(f"{failed} of {total} tiles failed")
@@ -216,7 +218,7 @@ def job_outcome(rows: list[dict[str, Any]], sink_results: list[SinkResult], sink
 
 def _write_output(services: Services, job_id: str, output: Output, features: Iterable[dict[str, Any] | str], *,
                   request: ImageRequest | None = None,
-                  job: dict[str, Any] | None = None) -> tuple[SinkResult | None, str | None]:
+                  job: JobRecord | None = None) -> tuple[SinkResult | None, str | None]:
     """Write one output; (its result, None), or (None, why nothing could be written).
 
     ``request`` and ``job`` (the job row read at the start of this completion) describe the job to the
@@ -251,12 +253,12 @@ def _write_output(services: Services, job_id: str, output: Output, features: Ite
         return None, f"{output.to_dict()['type']} output failed: {err}"
 
 
-def _checkpoint(services: Services, job: dict[str, Any], output: KinesisOutput) -> DeliveryCheckpoint:
+def _checkpoint(services: Services, job: JobRecord, output: KinesisOutput) -> DeliveryCheckpoint:
     """The output's delivery checkpoint on the job row: the chunks an earlier completion saved, and a save
     that writes to the row while the job is unended. An unreadable saved value is ignored (everything is
     sent again: duplicates, never a loss)."""
     key = f"kinesis:{output.stream}/{output.partition_key}/{output.features_per_record}"
-    image_id = str(job["image_id"])
+    image_id = job.image_id
     try:
         done = decode_chunks(JobStore.output_checkpoint(job, key))
     except ValueError:
@@ -268,16 +270,16 @@ def _checkpoint(services: Services, job: dict[str, Any], output: KinesisOutput) 
     return DeliveryCheckpoint(done, lambda delivered: services.jobs.checkpoint_output(image_id, key, delivered))
 
 
-def merge_regions(rows: list[dict[str, Any]], results: dict[str, PackedFeatureSet], option: DistillationOption,
+def merge_regions(rows: list[RegionRecord], results: dict[str, PackedFeatureSet], option: DistillationOption,
                   relocate: Relocate | None = None) -> JobFeatures:
     """Merge every region's result across the region seams (see :mod:`~modelrunner.features.seams`); the
     features come out as texts streamed from the stored results."""
     parts = []
     for row in rows:
-        part = results.get(row["region_id"])
+        part = results.get(row.region_id)
         if part is None:  # a region that failed has no result
             continue
-        (top, left), (width, height) = row["region_bounds"]
+        (top, left), (width, height) = row.bounds
         parts.append(((float(left), float(top), float(left + width), float(top + height)), part))
     return merge_packed(parts, option, relocate)
 

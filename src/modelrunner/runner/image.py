@@ -18,6 +18,7 @@ from ..errors import AwsLimitError, ImageError, RequestError
 from ..imagery.geolocate import Geolocator
 from ..imagery.source import ImageSource, split_s3_url
 from ..requests import ImageRequest, RegionRequest, S3Output
+from ..state.records import JobRecord
 from ..status import Status
 from . import rerun
 from .plan import plan_image
@@ -83,27 +84,29 @@ def _extents(geolocator: Geolocator | None, width: int, height: int) -> str | No
 
 
 def start_image(services: Services, request: ImageRequest,
-                message_id: str = "") -> tuple[RegionRequest | None, dict[str, Any]]:
+                message_id: str = "") -> tuple[RegionRequest | None, JobRecord | None]:
     """Plan and queue the image; returns (first region to process here, job row), or (None, row) when
     this job was already finished by an earlier delivery of the same message. A new message for a PARTIAL
-    job re-runs its failed tiles (``runner/rerun.py``)."""
+    job re-runs its failed tiles (``runner/rerun.py``). The row is None only if it vanished meanwhile
+    (its TTL: the plan is then written again, as for a new job)."""
     created = services.jobs.create(request, message_id=message_id)
     if not created:
         job = services.jobs.get(request.image_id)
-        if "end_time" in job:
+        if job is not None and job.ended:
             if rerun.wants_rerun(job, message_id):
                 regions = rerun.reopen(services, request, job, message_id)
                 if regions:
                     return _queue_rerun(services, request, regions)
-            log.info("job %s already ended (%s): duplicate image message", request.job_id, job.get("job_status"))
+            log.info("job %s already ended (%s): duplicate image message", request.job_id, job.job_status)
             return None, job
-        if len(job.get("runs") or []) > 1:  # a re-run whose first delivery died before it queued its regions
+        # A re-run whose first delivery died before it queued its regions.
+        if job is not None and len(job.runs or []) > 1:
             pending = [r for r in services.regions.all(request.image_id)
-                       if r.get("region_status") == Status.QUEUED and "rerun_tiles" in r]
-            extension = str(job.get("image_extension", ""))
-            regions = [RegionRequest.for_image(request, rerun._bounds(r["region_bounds"]), extension)
-                       for r in sorted(pending, key=lambda r: int(r.get("region_index", 0)))]
-            if regions and not job.get("regions_queued"):
+                       if r.region_status == Status.QUEUED and r.is_rerun]
+            extension = job.image_extension or ""
+            regions = [RegionRequest.for_image(request, r.bounds, extension)
+                       for r in sorted(pending, key=lambda r: r.index)]
+            if regions and not job.regions_queued:
                 return _queue_rerun(services, request, regions)
             return (regions[0] if regions else None), job
         log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
@@ -142,7 +145,7 @@ def start_image(services: Services, request: ImageRequest,
     for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
         services.regions.plan(region, index, planned.tile_count)
     job = services.jobs.get(request.image_id)
-    if not job.get("regions_queued"):
+    if job is None or not job.regions_queued:
         # A redelivered image message (its worker died) re-queues only if the first delivery did not get
         # this far; a region queued twice is harmless (its second delivery finds it finished), just wasted.
         _queue_regions(services, regions[1:])
@@ -151,7 +154,7 @@ def start_image(services: Services, request: ImageRequest,
 
 
 def _queue_rerun(services: Services, request: ImageRequest,
-                 regions: list[RegionRequest]) -> tuple[RegionRequest, dict[str, Any]]:
+                 regions: list[RegionRequest]) -> tuple[RegionRequest, JobRecord | None]:
     """Queue a re-run's regions but the first, which the caller processes."""
     _queue_regions(services, regions[1:])
     services.jobs.update_unfinished(request.image_id, {"regions_queued": True})

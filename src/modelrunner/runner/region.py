@@ -25,7 +25,8 @@ from ..inference.pool import BatchWriter, bounded_map, prefetch
 from ..logs import bind
 from ..metrics import input_format
 from ..redact import redact
-from ..requests import DistillationOption, RegionRequest
+from ..requests import ImageRequest, RegionRequest
+from ..state.records import JobRecord, RegionRecord
 from ..status import FINAL, Status
 from .plan import plan_image
 from .schedule import endpoint_lease
@@ -73,9 +74,12 @@ def _strips(source: ImageSource, tiles_by_row: list[list[Tile]]) -> Iterator[_Ti
             yield _TileWork(tile, strip[:, :, offset:offset + tile.width].copy())
 
 
-def process_region(services: Services, region: RegionRequest, *, job: dict[str, Any],
+def process_region(services: Services, region: RegionRequest, *, job: JobRecord,
                    abort: threading.Event | None = None) -> RegionOutcome:
     """Run every tile of the region; the region row ends final and the job counts it, once.
+
+    ``job``: the job row, whose request (:meth:`JobRecord.image_request`) gives what the region message does
+    not carry (the ROI, the merge, the feature properties, the georegistration).
 
     A region that cannot be processed (its image cannot be read, say) ends FAILED with the reason and is
     counted; an AWS error after boto3's retries is raised instead, leaving the region unfinished, so that
@@ -93,23 +97,23 @@ def process_region(services: Services, region: RegionRequest, *, job: dict[str, 
         raise
 
 
-def _process(services: Services, region: RegionRequest, job: dict[str, Any], abort: threading.Event | None,
+def _process(services: Services, region: RegionRequest, job: JobRecord, abort: threading.Event | None,
              concurrency: int) -> RegionOutcome:
     started = time.monotonic()
     start_ms = int(time.time() * 1000)
     before = services.regions.start(region, services.worker_id)
-    if before.get("region_status") in FINAL:
-        log.info("region %s already finished (%s): not processed again", region.region_id, before["region_status"])
-        return RegionOutcome(region.region_id, before["region_status"], counted=False)
+    if before is not None and before.region_status in FINAL:
+        log.info("region %s already finished (%s): not processed again", region.region_id, before.region_status)
+        return RegionOutcome(region.region_id, before.region_status, counted=False)
 
     attempt = f"{services.worker_id}@{start_ms}"
     message = None
     chunks = 0
     result = RegionResult()
     try:
-        option = DistillationOption.from_stored(_json(job.get("feature_distillation_option"), {}))
-        rerun = _Rerun.of(services, region, before)
-        result = _run_tiles(services, region, job, option, abort, concurrency, rerun)
+        request = job.image_request()
+        rerun = _Rerun.of(services, region, before) if before is not None else None
+        result = _run_tiles(services, region, request, job, abort, concurrency, rerun)
         chunks = services.features.put_region_result(region.image_id, region.region_id, attempt, result.merged)
         status = result.status
         message = result.message
@@ -122,8 +126,8 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     counted = services.regions.finish(
         services.jobs, region.image_id, region.region_id, status, start_ms=start_ms, succeeded=result.succeeded,
         failed=result.failed, total=result.total, message=message, feature_count=len(result.merged),
-        extra={"result_chunks": chunks, "result_attempt": attempt, "raw_feature_count": result.raw_count,
-               "failed_tile_reasons": result.failure_reasons() or None})
+        result_chunks=chunks, result_attempt=attempt, raw_feature_count=result.raw_count,
+        failed_tile_reasons=result.failure_reasons() or None)
     duration_ms = int((time.monotonic() - started) * 1000)
     if counted:
         services.status.region(status, region.job_id, region.image_id, region.region_id, duration_ms, result.failed)
@@ -136,10 +140,6 @@ def _process(services: Services, region: RegionRequest, job: dict[str, Any], abo
     services.metrics.flush()  # the region's per-tile records
     return RegionOutcome(region.region_id, status, result.total, result.failed, len(result.merged), counted,
                          time.monotonic() - started)
-
-
-def _json(value: Any, default: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) and value else default
 
 
 #: Failure reasons kept on a region row (the first ones; each cut to REASON_CHARS characters).
@@ -194,17 +194,17 @@ class _Rerun:
     raw_count: int
 
     @classmethod
-    def of(cls, services: Services, region: RegionRequest, row: dict[str, Any]) -> _Rerun | None:
-        if "rerun_tiles" not in row:
+    def of(cls, services: Services, region: RegionRequest, row: RegionRecord) -> _Rerun | None:
+        if row.rerun_tiles is None:
             return None
-        chunks = int(row.get("prior_chunks", 0))
+        chunks = row.prior_chunks or 0
         prior = FeatureSet.concat([])
         if chunks:
             packed = services.features.region_results(
-                region.image_id, {region.region_id: (str(row.get("prior_attempt", "")), chunks)})[region.region_id]
+                region.image_id, {region.region_id: (row.prior_attempt or "", chunks)})[region.region_id]
             prior = packed.take(np.arange(len(packed)))
-        return cls({_tile_key(t) for t in row["rerun_tiles"]}, prior, list(row.get("prior_succeeded") or []),
-                   int(row.get("raw_feature_count", 0)))
+        return cls({_tile_key(t) for t in row.rerun_tiles}, prior, list(row.prior_succeeded or []),
+                   row.raw_feature_count or 0)
 
 
 def _tile_key(key: Any) -> str:
@@ -212,16 +212,20 @@ def _tile_key(key: Any) -> str:
     return json.dumps([[int(v) for v in pair] for pair in key])
 
 
-def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], option: DistillationOption,
+def _run_tiles(services: Services, region: RegionRequest, request: ImageRequest, job: JobRecord,
                abort: threading.Event | None, concurrency: int | None = None,
                rerun: _Rerun | None = None) -> RegionResult:
     """Run the region's tiles through a :class:`~modelrunner.runner.tiles.TileStep` on the thread pool.
+
+    ``request``: the job's request (its ROI, merge, feature properties and georegistration); ``job``: its
+    row (the image's stored tile radiometry).
 
     Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
     the tile), while the model is being waited on for other tiles; the region keeps only compact
     :class:`FeatureSet` s and merges them across the tile seams at the end.
     """
     settings = services.settings
+    option = request.distillation
     concurrency = concurrency or settings.workers
     limit = services.limit(region)
     limit.set_ceiling(concurrency)
@@ -230,14 +234,14 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     with services.open_image(region.image_url, region.image_read_role) as image:
         source, georef, geolocator = image.source, image.georef, image.geolocator
         plan = plan_image(source.info.width, source.info.height, region.tile_size, region.tile_overlap,
-                          settings.region_size, job.get("roi_wkt"), geolocator)
+                          settings.region_size, request.roi_wkt, geolocator)
         cols, rows = plan.grid.index_ranges(region.region_bounds)
         tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
         if rerun is not None:  # only the tiles that failed; the others' features are in the earlier result
             tiles_by_row = [[t for t in row if _tile_key(t.key) in rerun.tiles] for row in tiles_by_row]
         tiles_by_row = [row for row in tiles_by_row if row]
         result.total = sum(len(row) for row in tiles_by_row)
-        georegister = geolocator is not None and _georegistration(job) != "NONE"
+        georegister = geolocator is not None and request.georegistration != "NONE"
         to_world = geolocator.to_world if georegister and geolocator is not None else None
         relocate = relocator(to_world)
         metrics = services.metrics
@@ -245,7 +249,7 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
             detector=services.detector(region), tile_format=region.tile_format,
             tile_compression=region.tile_compression, radiometry=_tile_radiometry(services, region, job, source),
             georef=georef if georegister else None, to_world=to_world, plan=plan, option=option,
-            relocate=relocate, job_id=region.job_id, feature_properties=_json(job.get("feature_properties"), []),
+            relocate=relocate, job_id=region.job_id, feature_properties=request.feature_properties,
             source_metadata=nitf_source_metadata(source),
             retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
                               settings.tile_retry_max_seconds),
@@ -311,16 +315,12 @@ def _run_tiles(services: Services, region: RegionRequest, job: dict[str, Any], o
     return result
 
 
-def _georegistration(job: dict[str, Any]) -> str:
-    """The request's ``georegistration`` (AUTO or NONE), carried in the job row's stored request."""
-    return str(_json(job.get("request"), {}).get("georegistration") or "AUTO")
-
-
-#: Job-row attribute holding the image's TileRadiometry (JSON), written once by the first region to need it.
+#: Job-row attribute holding the image's TileRadiometry (JSON), written once by the first region to need it
+#: (:attr:`JobRecord.tile_radiometry`).
 RADIOMETRY_KEY = "tile_radiometry"
 
 
-def _tile_radiometry(services: Services, region: RegionRequest, job: dict[str, Any],
+def _tile_radiometry(services: Services, region: RegionRequest, job: JobRecord,
                      source: ImageSource) -> TileRadiometry:
     """The image's band choice and dynamic-range stretch for this tile encoding, the same in every region.
 
@@ -329,14 +329,13 @@ def _tile_radiometry(services: Services, region: RegionRequest, job: dict[str, A
     on any worker, reads back and uses exactly those numbers. A band choice alone is not stored: it
     follows from the image's metadata.
     """
-    stored = job.get(RADIOMETRY_KEY)
-    if isinstance(stored, str) and stored:
-        return TileRadiometry.from_json(stored)
+    if job.tile_radiometry:
+        return TileRadiometry.from_json(job.tile_radiometry)
     radiometry = plan_radiometry(source.dataset, region.tile_format, region.tile_compression)
     if radiometry.stretch is None:
         return radiometry
     try:
-        stored = services.jobs.set_once(region.image_id, RADIOMETRY_KEY, radiometry.to_json())
+        stored: Any = services.jobs.set_once(region.image_id, RADIOMETRY_KEY, radiometry.to_json())
     except ClientError as err:
         log.warning("could not store the tile radiometry of %s (%s): using this region's own", region.image_id, err)
         return radiometry

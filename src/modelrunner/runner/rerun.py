@@ -17,53 +17,48 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..requests import ImageRequest, RegionRequest, S3Output, result_key
-from ..state.jobs import CHECKPOINT_PREFIX
+from ..state.records import CHECKPOINT_PREFIX, JobRecord
 from ..status import Status
 from .services import Services
 
 log = logging.getLogger(__name__)
 
 
-def wants_rerun(job: dict[str, Any], message_id: str) -> bool:
+def wants_rerun(job: JobRecord, message_id: str) -> bool:
     """An ended PARTIAL job with failed tiles, asked again by a message that has not run it before."""
-    return (job.get("job_status") == Status.PARTIAL and int(job.get("failed_tile_count", 0)) > 0 and bool(message_id)
-            and message_id not in (job.get("runs") or []))
+    return (job.job_status == Status.PARTIAL and (job.failed_tile_count or 0) > 0 and bool(message_id)
+            and message_id not in (job.runs or []))
 
 
-def reopen(services: Services, request: ImageRequest, job: dict[str, Any],
+def reopen(services: Services, request: ImageRequest, job: JobRecord,
            message_id: str) -> list[RegionRequest]:
     """Reopen the job for its failed tiles; the regions to run again (empty when there is nothing to re-run
     or another delivery reopened it first)."""
-    rows = sorted(services.regions.all(request.image_id), key=lambda r: int(r.get("region_index", 0)))
-    failed = [r for r in rows if int(r.get("failed_tile_count", 0)) > 0]
+    rows = sorted(services.regions.all(request.image_id), key=lambda r: r.index)
+    failed = [r for r in rows if r.failed_tile_count > 0]
     if not failed:
         return []
-    checkpoints = [k for k in job if k.startswith(CHECKPOINT_PREFIX)]
+    checkpoints = [CHECKPOINT_PREFIX + key for key in job.delivered]
     published = _published(services, request)
-    run = len(job.get("runs") or []) + 1
+    run = len(job.runs or []) + 1
     if published is not None:  # kept before anything is written again: the re-run's Kinesis sends the rest
         services.features.put_blob(request.image_id, f"published-{run}", b"".join(sorted(published)))
     if not services.jobs.reopen(request.image_id, message_id, len(failed), checkpoints):
         return []
     for row in failed:
         services.regions.reopen(request.image_id, row)
-    tiles = sum(int(r["failed_tile_count"]) for r in failed)
+    tiles = sum(r.failed_tile_count for r in failed)
     services.jobs.record(request.image_id, "re-run", f"{tiles} failed tiles in {len(failed)} regions")
     log.info("job %s: re-running %d failed tiles in %d regions", request.job_id, tiles, len(failed))
-    extension = str(job.get("image_extension", ""))
-    return [RegionRequest.for_image(request, _bounds(r["region_bounds"]), extension) for r in failed]
+    extension = job.image_extension or ""
+    return [RegionRequest.for_image(request, r.bounds, extension) for r in failed]
 
 
-def _bounds(raw: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    (row, col), (width, height) = raw
-    return (int(row), int(col)), (int(width), int(height))
-
-
-def published_before(services: Services, image_id: str, job: dict[str, Any]) -> set[bytes] | None:
+def published_before(services: Services, image_id: str, job: JobRecord) -> set[bytes] | None:
     """Digests of the features an earlier run of this job published (kept when the job was reopened), or
     None when the job has not been re-run or they are unknown: then every feature is published again
     (duplicates rather than a loss)."""
-    runs = len(job.get("runs") or [])
+    runs = len(job.runs or [])
     if runs < 2:
         return None
     data = services.features.get_blob(image_id, f"published-{runs}")

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..requests import ImageRequest
+from ..state.records import JobRecord
 
 #: The label extension's schema; its fields are written directly (pystac's wrapper for it is deprecated).
 LABEL_EXTENSION = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
@@ -48,13 +49,13 @@ class JobDescription:
     georeferenced: bool = True
 
     @classmethod
-    def of(cls, request: ImageRequest, job: Mapping[str, Any]) -> JobDescription:
+    def of(cls, request: ImageRequest, job: JobRecord) -> JobDescription:
         """From the parsed request and the job row (``extents``, ``sensor_model``, ``width``/``height``,
         ``start_time``, as :mod:`~modelrunner.runner.image` stores them)."""
-        extents = json.loads(job["extents"]) if isinstance(job.get("extents"), str) else None
-        size = (int(job["width"]), int(job["height"])) if job.get("width") and job.get("height") else None
-        start = job.get("start_time")
-        sensor = str(job.get("sensor_model", ""))
+        extents = json.loads(job.extents) if job.extents else None
+        size = (job.width, job.height) if job.width and job.height else None
+        start = job.start_time
+        sensor = job.sensor_model or ""
         wire = {k: v for k, v in request.to_dict().items() if k != "outputs"}
         return cls(job_id=request.job_id, image_url=request.image_url, model_name=request.model_name,
                    model_invoke_mode=request.model_invoke_mode, model_parameters=dict(request.model_parameters),

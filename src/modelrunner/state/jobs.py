@@ -24,10 +24,9 @@ from ..redact import redact
 from ..requests import ImageRequest
 from ..status import Status
 from . import ddb
+from .records import CHECKPOINT_PREFIX, JobRecord
 
 log = logging.getLogger(__name__)
-#: Job row attributes ``delivered:<output>`` hold each output's delivery checkpoint.
-CHECKPOINT_PREFIX = "delivered:"
 
 
 def stored_request(request: ImageRequest) -> dict[str, Any]:
@@ -49,41 +48,43 @@ class JobStore:
     table: str
     ttl_seconds: int = 86400
 
-    def get(self, image_id: str) -> dict[str, Any]:
+    def get(self, image_id: str) -> JobRecord | None:
+        """The job row (a consistent read), or None when there is none."""
         answer = self.client.get_item(TableName=self.table, Key=ddb.marshal({"image_id": image_id}),
                                       ConsistentRead=True)
-        return ddb.unmarshal(answer.get("Item"))
+        item = answer.get("Item")
+        return JobRecord.from_item(ddb.unmarshal(item)) if item else None
 
     def create(self, request: ImageRequest, start_ms: int | None = None, message_id: str = "") -> bool:
         """Write the job row; False if this job already exists (a redelivered image message). ``message_id``
         (the SQS message) starts the row's ``runs``: a redelivery of it never re-runs the job."""
         start = start_ms or ddb.now_ms()
-        item = {
-            "runs": [message_id] if message_id else None,
-            "image_id": request.image_id, "job_id": request.job_id, "image_url": request.image_url,
-            "image_read_role": request.image_read_role, "model_invoke_mode": request.model_invoke_mode,
-            "model_name": request.model_name, "start_time": start, "expire_time": start // 1000 + self.ttl_seconds,
-            "processing_duration": 0, "region_count": 0, "region_success": 0, "region_error": 0,
-            "regions_done": 0, "job_status": Status.STARTED,
-            "tile_size": f"({request.tile_size}, {request.tile_size})",
-            "tile_overlap": f"({request.tile_overlap}, {request.tile_overlap})",
-            "outputs": json.dumps([o.to_dict() for o in request.outputs]),
-            "feature_properties": json.dumps([dict(p) for p in request.feature_properties]),
-            "feature_distillation_option": json.dumps(request.distillation.to_dict()),
-            "roi_wkt": request.roi_wkt,
-            "request": json.dumps(stored_request(request)),
-        }
-        return self._put_new(item)
+        record = JobRecord(
+            runs=[message_id] if message_id else None,
+            image_id=request.image_id, job_id=request.job_id, image_url=request.image_url,
+            image_read_role=request.image_read_role, model_invoke_mode=request.model_invoke_mode,
+            model_name=request.model_name, start_time=start, expire_time=start // 1000 + self.ttl_seconds,
+            processing_duration=0, region_count=0, region_success=0, region_error=0,
+            regions_done=0, job_status=Status.STARTED,
+            tile_size=f"({request.tile_size}, {request.tile_size})",
+            tile_overlap=f"({request.tile_overlap}, {request.tile_overlap})",
+            outputs=json.dumps([o.to_dict() for o in request.outputs]),
+            feature_properties=json.dumps([dict(p) for p in request.feature_properties]),
+            feature_distillation_option=json.dumps(request.distillation.to_dict()),
+            roi_wkt=request.roi_wkt,
+            request=json.dumps(stored_request(request)),
+        )
+        return self._put_new(record.to_item())
 
     def create_failed(self, image_id: str, job_id: str, image_url: str, reason: str) -> bool:
         """A job row for a request that could not be parsed: FAILED with the reason, for whoever looks.
         False when the row exists already (a redelivery, or the id of another job)."""
         now = ddb.now_ms()
-        item = {"image_id": image_id, "job_id": job_id, "image_url": image_url, "start_time": now,
-                "end_time": now, "expire_time": now // 1000 + self.ttl_seconds, "processing_duration": 0,
-                "job_status": Status.FAILED, "status_reason": redact(reason), "region_count": 0, "region_success": 0,
-                "region_error": 0, "status_published": False, "status_publishing": time.time()}
-        return self._put_new(item)
+        record = JobRecord(image_id=image_id, job_id=job_id, image_url=image_url, start_time=now, end_time=now,
+                           expire_time=now // 1000 + self.ttl_seconds, processing_duration=0,
+                           job_status=Status.FAILED, status_reason=redact(reason), region_count=0,
+                           region_success=0, region_error=0, status_published=False, status_publishing=time.time())
+        return self._put_new(record.to_item())
 
     def _put_new(self, item: Mapping[str, Any]) -> bool:
         """Write a job row that must not exist yet; False when it does. What DynamoDB would refuse is refused
@@ -146,9 +147,9 @@ class JobStore:
                                                   ":zero": 0, ":one": 1}))
 
     @staticmethod
-    def output_checkpoint(job: Mapping[str, Any], output_key: str) -> str:
+    def output_checkpoint(job: JobRecord, output_key: str) -> str:
         """What :meth:`checkpoint_output` saved for an output in this job row ("" when nothing)."""
-        return str(job.get(CHECKPOINT_PREFIX + output_key, ""))
+        return job.delivered.get(output_key, "")
 
     def checkpoint_output(self, image_id: str, output_key: str, delivered: str) -> bool:
         """Save which parts of one output were confirmed delivered (an encoded chunk set, see
@@ -169,7 +170,7 @@ class JobStore:
         """Write the final status once; returns the job duration in seconds, or None if already ended."""
         job = self.get(image_id)
         end = ddb.now_ms()
-        duration = max(0.001, (end - int(job.get("start_time", end))) / 1000.0)
+        duration = max(0.001, (end - (job.start_time if job is not None else end)) / 1000.0)
         payload = {"end_time": end, "processing_duration": duration, "job_status": status,
                    "status_reason": redact(reason), "status_published": False, "status_publishing": time.time(),
                    **(fields or {})}

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +19,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import relocator
 from ..features.seams import FeatureSet, Window, merge_seams
+from ..imagery.context import ImageContext
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
 from ..imagery.source import ImageSource, nitf_source_metadata
+from ..inference.limits import AdaptiveLimit
 from ..inference.pool import BatchWriter, bounded_map, prefetch
 from ..logs import bind
 from ..metrics import input_format
@@ -28,7 +31,7 @@ from ..redact import redact
 from ..requests import ImageRequest, RegionRequest
 from ..state.records import JobRecord, RegionRecord
 from ..status import FINAL, Status
-from .plan import plan_image
+from .plan import ImagePlan, plan_image
 from .schedule import endpoint_lease
 from .services import Services
 from .tiles import RetryPolicy, TileFailed, TileResult, TileStep
@@ -224,95 +227,122 @@ def _run_tiles(services: Services, region: RegionRequest, request: ImageRequest,
     the tile), while the model is being waited on for other tiles; the region keeps only compact
     :class:`FeatureSet` s and merges them across the tile seams at the end.
     """
-    settings = services.settings
-    option = request.distillation
-    concurrency = concurrency or settings.workers
+    concurrency = concurrency or services.settings.workers
     limit = services.limit(region)
     limit.set_ceiling(concurrency)
     throttles_before = limit.throttles
-    result = RegionResult()
     with services.open_image(region.image_url, region.image_read_role) as image:
-        source, georef, geolocator = image.source, image.georef, image.geolocator
-        plan = plan_image(source.info.width, source.info.height, region.tile_size, region.tile_overlap,
-                          settings.region_size, request.roi_wkt, geolocator)
-        cols, rows = plan.grid.index_ranges(region.region_bounds)
-        tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
-        if rerun is not None:  # only the tiles that failed; the others' features are in the earlier result
-            tiles_by_row = [[t for t in row if _tile_key(t.key) in rerun.tiles] for row in tiles_by_row]
-        tiles_by_row = [row for row in tiles_by_row if row]
-        result.total = sum(len(row) for row in tiles_by_row)
-        georegister = geolocator is not None and request.georegistration != "NONE"
-        to_world = geolocator.to_world if georegister and geolocator is not None else None
-        relocate = relocator(to_world)
-        metrics = services.metrics
-        step = TileStep(
-            detector=services.detector(region), tile_format=region.tile_format,
-            tile_compression=region.tile_compression, radiometry=_tile_radiometry(services, region, job, source),
-            georef=georef if georegister else None, to_world=to_world, plan=plan, option=option,
-            relocate=relocate, job_id=region.job_id, feature_properties=request.feature_properties,
-            source_metadata=nitf_source_metadata(source),
-            retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
-                              settings.tile_retry_max_seconds),
-            max_features=settings.max_features_per_tile, abort=abort, limit=limit,
-            metrics=metrics, input_format=input_format(region.image_extension))
-
-        @metrics.timed("TileProcessing", {"ModelName": region.model_name})
-        def run(work: _TileWork) -> TileResult:
-            bind(tile=work.tile.key)  # this tile's copy of the log context
-            return step(work.tile, work.pixels)
-
-        parts: list[tuple[Window, FeatureSet]] = []
-        last_progress = time.monotonic()
-        # Raw features go to the feature table from a background thread, and the next strip is read while
-        # the model works on this one: the loop below only hands out tiles and collects results.
-        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(
-            metrics.timed("FeatureStorage", {})(services.features.put_items), 25)
-        tiles = prefetch(_strips(source, tiles_by_row), depth=settings.workers * 2)
-        try:
-            with contextlib.closing(bounded_map(run, tiles, concurrency)) as results:
-                for work, future in results:
-                    if abort is not None and abort.is_set():
-                        raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
-                    tile = work.tile
-                    try:
-                        tile_result = future.result()
-                    except TileFailed as err:  # recorded with its reason, never hidden, never fatal
-                        log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err.reason,
-                                    extra={"tile": tile.key})
-                        result.fail(tile.key, err.reason)
-                        continue
-                    except Exception as err:  # an unexpected error in our own tile code: the same, loudly
-                        log.exception("tile %s of region %s failed", tile.key, region.region_id)
-                        result.fail(tile.key, f"{type(err).__name__}: {err}")
-                        continue
-                    services.failpoints.hit("region.tile")
-                    result.succeeded.append(tile.key)
-                    result.raw_count += len(tile_result.raw_texts)
-                    tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"
-                    raw_writer.add(services.features.raw_items(region.image_id, region.region_id, tile_id,
-                                                               tile_result.raw_texts))
-                    parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height),
-                                  tile_result.merged))
-                    if time.monotonic() - last_progress > PROGRESS_EVERY_S:
-                        services.regions.progress(region.image_id, region.region_id, result.total,
-                                                  len(result.succeeded), len(result.failed))
-                        last_progress = time.monotonic()
-        except BaseException:
-            tiles.close()
-            with contextlib.suppress(Exception):  # the error on the way out is the one to report
-                raw_writer.close()
-            raise
-        raw_writer.close()
+        plan = plan_image(image.source.info.width, image.source.info.height, region.tile_size,
+                          region.tile_overlap, services.settings.region_size, request.roi_wkt, image.geolocator)
+        tiles_by_row = _region_tiles(plan, region, rerun)
+        step = _tile_step(services, region, request, job, image, plan, abort, limit)
+        collector = _TileCollector(services, region, total=sum(len(row) for row in tiles_by_row))
+        collector.run(step, _strips(image.source, tiles_by_row), concurrency, abort)
+    result, parts = collector.result, collector.parts
     if rerun is not None:  # the earlier result is one more part of the region's seam merge
         (top, left), (width, height) = region.region_bounds
         parts.append(((left, top, left + width, top + height), rerun.prior))
         result.succeeded = rerun.succeeded + result.succeeded
         result.total += len(rerun.succeeded)
         result.raw_count += rerun.raw_count
-    result.merged = merge_seams(parts, option, relocate, final=False)
+    result.merged = merge_seams(parts, request.distillation, step.relocate, final=False)
     services.metrics.emit("Scheduling", {"ModelName": region.model_name},
                           {"Throttles": (limit.throttles - throttles_before, "Count"), "Limit": (limit.limit, "Count")})
     return result
+
+
+def _region_tiles(plan: ImagePlan, region: RegionRequest, rerun: _Rerun | None) -> list[list[Tile]]:
+    """The region's tiles kept by the plan (ROI), row by row; on a re-run only those that failed before
+    (the others' features are in the earlier result)."""
+    cols, rows = plan.grid.index_ranges(region.region_bounds)
+    tiles_by_row = [plan.kept_tiles(cols, range(iy, iy + 1)) for iy in rows]
+    if rerun is not None:
+        tiles_by_row = [[t for t in row if _tile_key(t.key) in rerun.tiles] for row in tiles_by_row]
+    return [row for row in tiles_by_row if row]
+
+
+def _tile_step(services: Services, region: RegionRequest, request: ImageRequest, job: JobRecord,
+               image: ImageContext, plan: ImagePlan, abort: threading.Event | None,
+               limit: AdaptiveLimit) -> TileStep:
+    """The region's :class:`TileStep`: its encoding, model, georeferencing (unless the request says
+    ``georegistration`` NONE), merge, retry policy and limits."""
+    settings = services.settings
+    geolocator = image.geolocator if request.georegistration != "NONE" else None
+    to_world = geolocator.to_world if geolocator is not None else None
+    return TileStep(
+        detector=services.detector(region), tile_format=region.tile_format,
+        tile_compression=region.tile_compression, radiometry=_tile_radiometry(services, region, job, image.source),
+        georef=image.georef if geolocator is not None else None, to_world=to_world, plan=plan,
+        option=request.distillation, relocate=relocator(to_world), job_id=region.job_id,
+        feature_properties=request.feature_properties, source_metadata=nitf_source_metadata(image.source),
+        retry=RetryPolicy(settings.max_tile_attempts, settings.tile_retry_base_seconds,
+                          settings.tile_retry_max_seconds),
+        max_features=settings.max_features_per_tile, abort=abort, limit=limit,
+        metrics=services.metrics, input_format=input_format(region.image_extension))
+
+
+class _TileCollector:
+    """Hands a region's tiles to the thread pool and collects what each produced: its merged features (a
+    seam-merge part), its raw features (to the feature table, from a background thread), or its failure
+    (recorded with the reason, never hidden, never fatal); the region row's progress once a second."""
+
+    def __init__(self, services: Services, region: RegionRequest, total: int) -> None:
+        self.services, self.region = services, region
+        self.result = RegionResult(total=total)
+        self.parts: list[tuple[Window, FeatureSet]] = []
+        self._last_progress = time.monotonic()
+
+    def run(self, step: TileStep, works: Iterator[_TileWork], concurrency: int,
+            abort: threading.Event | None) -> None:
+        """Every tile through ``step``, ``concurrency`` at a time. The next strip is read while the model
+        works on this one, and the loop only hands out tiles and collects results."""
+        services, region = self.services, self.region
+
+        @services.metrics.timed("TileProcessing", {"ModelName": region.model_name})
+        def run(work: _TileWork) -> TileResult:
+            bind(tile=work.tile.key)  # this tile's copy of the log context
+            return step(work.tile, work.pixels)
+
+        raw_writer: BatchWriter[dict[str, Any]] = BatchWriter(
+            services.metrics.timed("FeatureStorage", {})(services.features.put_items), 25)
+        tiles = prefetch(works, depth=services.settings.workers * 2)
+        try:
+            with contextlib.closing(bounded_map(run, tiles, concurrency)) as results:
+                for work, future in results:
+                    if abort is not None and abort.is_set():
+                        raise RegionAborted(f"worker stopping: region {region.region_id} handed back")
+                    self._collect(work.tile, future, raw_writer)
+        except BaseException:
+            tiles.close()
+            with contextlib.suppress(Exception):  # the error on the way out is the one to report
+                raw_writer.close()
+            raise
+        raw_writer.close()
+
+    def _collect(self, tile: Tile, future: Future[TileResult], raw_writer: BatchWriter[dict[str, Any]]) -> None:
+        services, region, result = self.services, self.region, self.result
+        try:
+            tile_result = future.result()
+        except TileFailed as err:
+            log.warning("tile %s of region %s failed: %s", tile.key, region.region_id, err.reason,
+                        extra={"tile": tile.key})
+            result.fail(tile.key, err.reason)
+            return
+        except Exception as err:  # an unexpected error in our own tile code: the same, loudly
+            log.exception("tile %s of region %s failed", tile.key, region.region_id)
+            result.fail(tile.key, f"{type(err).__name__}: {err}")
+            return
+        services.failpoints.hit("region.tile")
+        result.succeeded.append(tile.key)
+        result.raw_count += len(tile_result.raw_texts)
+        tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"
+        raw_writer.add(services.features.raw_items(region.image_id, region.region_id, tile_id,
+                                                   tile_result.raw_texts))
+        self.parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height), tile_result.merged))
+        if time.monotonic() - self._last_progress > PROGRESS_EVERY_S:
+            services.regions.progress(region.image_id, region.region_id, result.total, len(result.succeeded),
+                                      len(result.failed))
+            self._last_progress = time.monotonic()
 
 
 #: Job-row attribute holding the image's TileRadiometry (JSON), written once by the first region to need it

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -16,12 +17,12 @@ from botocore.exceptions import ClientError
 from .. import limits
 from ..errors import AwsLimitError, ImageError, RequestError
 from ..imagery.geolocate import Geolocator
-from ..imagery.source import ImageSource, split_s3_url
+from ..imagery.source import ImageInfo, ImageSource, split_s3_url
 from ..requests import ImageRequest, RegionRequest, S3Output
 from ..state.records import JobRecord
 from ..status import Status
 from . import rerun
-from .plan import plan_image
+from .plan import ImagePlan, plan_image
 from .services import Services
 
 log = logging.getLogger(__name__)
@@ -91,47 +92,19 @@ def start_image(services: Services, request: ImageRequest,
     (its TTL: the plan is then written again, as for a new job)."""
     created = services.jobs.create(request, message_id=message_id)
     if not created:
-        job = services.jobs.get(request.image_id)
-        if job is not None and job.ended:
-            if rerun.wants_rerun(job, message_id):
-                regions = rerun.reopen(services, request, job, message_id)
-                if regions:
-                    return _queue_rerun(services, request, regions)
-            log.info("job %s already ended (%s): duplicate image message", request.job_id, job.job_status)
-            return None, job
-        # A re-run whose first delivery died before it queued its regions.
-        if job is not None and len(job.runs or []) > 1:
-            pending = [r for r in services.regions.all(request.image_id)
-                       if r.region_status == Status.QUEUED and r.is_rerun]
-            extension = job.image_extension or ""
-            regions = [RegionRequest.for_image(request, r.bounds, extension)
-                       for r in sorted(pending, key=lambda r: r.index)]
-            if regions and not job.regions_queued:
-                return _queue_rerun(services, request, regions)
-            return (regions[0] if regions else None), job
+        known = _known_job(services, request, message_id)
+        if known is not None:
+            return known
         log.info("job %s exists and is unfinished: resuming its plan", request.job_id)
     else:
         services.status.image(Status.STARTED, request.job_id, request.image_id, "Started image request")
         services.jobs.record(request.image_id, "queued", f"image {request.image_url}, model {request.model_name}")
-
     _check_outputs(services, request)
     _check_s3_object(services, request)
-    with services.open_image(request.image_url, request.image_read_role) as image:
-        source, geolocator = image.source, image.geolocator
-        _check_size(services, source)
-        plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,
-                          services.settings.region_size, request.roi_wkt, geolocator)
-        info = source.info
-        extents = _extents(geolocator, info.width, info.height)
-        sensor_model = "NONE" if geolocator is None else f"{geolocator.kind}{' over the DEM' * geolocator.uses_dem}"
-    if not plan.regions:
-        raise ImageError("no tile of the image lies in the regionOfInterest")
-    regions = [RegionRequest.for_image(request, r.bounds, info.extension) for r in plan.regions]
-    tile_total = sum(r.tile_count if plan.roi is None else sum(1 for t in plan.grid.tiles(r.cols, r.rows)
-                                                                 if plan.keeps(t)) for r in plan.regions)
-    fields = {"width": info.width, "height": info.height, "region_count": len(regions), "tile_count": tile_total,
-              "extents": extents, "image_extension": info.extension,
-              "sensor_model": geolocator.kind if geolocator else "NONE"}
+    planned = _plan(services, request)
+    fields = {"width": planned.info.width, "height": planned.info.height, "region_count": len(planned.regions),
+              "tile_count": planned.tile_total, "extents": planned.extents, "image_extension": planned.info.extension,
+              "sensor_model": planned.sensor_model}
     if created:
         fields["job_status"] = Status.IN_PROGRESS
     if not services.jobs.update_unfinished(request.image_id, fields):
@@ -140,10 +113,12 @@ def start_image(services: Services, request: ImageRequest,
     if created:
         services.status.image(Status.IN_PROGRESS, request.job_id, request.image_id, "Processing regions")
         services.jobs.record(request.image_id, "started",
-                             f"{info.width} x {info.height} pixels, {len(regions)} regions, {tile_total} tiles, "
-                             f"sensor model {sensor_model}")
-    for index, (region, planned) in enumerate(zip(regions, plan.regions, strict=True)):
-        services.regions.plan(region, index, planned.tile_count)
+                             f"{planned.info.width} x {planned.info.height} pixels, {len(planned.regions)} regions, "
+                             f"{planned.tile_total} tiles, sensor model {planned.sensor_model}"
+                             f"{' over the DEM' * planned.uses_dem}")
+    regions = planned.regions
+    for index, (region, tiles) in enumerate(zip(regions, planned.plan.regions, strict=True)):
+        services.regions.plan(region, index, tiles.tile_count)
     job = services.jobs.get(request.image_id)
     if job is None or not job.regions_queued:
         # A redelivered image message (its worker died) re-queues only if the first delivery did not get
@@ -151,6 +126,61 @@ def start_image(services: Services, request: ImageRequest,
         _queue_regions(services, regions[1:])
         services.jobs.update_unfinished(request.image_id, {"regions_queued": True})
     return regions[0], job
+
+
+def _known_job(services: Services, request: ImageRequest,
+               message_id: str) -> tuple[RegionRequest | None, JobRecord | None] | None:
+    """What to do with a job that has a row already: a duplicate of an ended job (nothing, or a re-run of its
+    failed tiles), a re-run whose first delivery died before it queued its regions; None to resume the plan."""
+    job = services.jobs.get(request.image_id)
+    if job is not None and job.ended:
+        if rerun.wants_rerun(job, message_id):
+            regions = rerun.reopen(services, request, job, message_id)
+            if regions:
+                return _queue_rerun(services, request, regions)
+        log.info("job %s already ended (%s): duplicate image message", request.job_id, job.job_status)
+        return None, job
+    if job is not None and len(job.runs or []) > 1:
+        pending = [r for r in services.regions.all(request.image_id) if r.region_status == Status.QUEUED and r.is_rerun]
+        extension = job.image_extension or ""
+        regions = [RegionRequest.for_image(request, r.bounds, extension)
+                   for r in sorted(pending, key=lambda r: r.index)]
+        if regions and not job.regions_queued:
+            return _queue_rerun(services, request, regions)
+        return (regions[0] if regions else None), job
+    return None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """The image's plan and what the job row and its records say about it."""
+
+    plan: ImagePlan
+    info: ImageInfo
+    extents: str | None
+    sensor_model: str  # the geolocator's kind (RPC, AFFINE, ...) or NONE
+    uses_dem: bool
+    regions: list[RegionRequest]
+    tile_total: int
+
+
+def _plan(services: Services, request: ImageRequest) -> _Planned:
+    """Open the image, check its size and plan its regions (an ImageError when no tile lies in the ROI)."""
+    with services.open_image(request.image_url, request.image_read_role) as image:
+        source, geolocator = image.source, image.geolocator
+        _check_size(services, source)
+        plan = plan_image(source.info.width, source.info.height, request.tile_size, request.tile_overlap,
+                          services.settings.region_size, request.roi_wkt, geolocator)
+        info = source.info
+        extents = _extents(geolocator, info.width, info.height)
+        sensor_model = "NONE" if geolocator is None else geolocator.kind
+        uses_dem = geolocator is not None and geolocator.uses_dem
+    if not plan.regions:
+        raise ImageError("no tile of the image lies in the regionOfInterest")
+    regions = [RegionRequest.for_image(request, r.bounds, info.extension) for r in plan.regions]
+    tile_total = sum(r.tile_count if plan.roi is None else sum(1 for t in plan.grid.tiles(r.cols, r.rows)
+                                                                 if plan.keeps(t)) for r in plan.regions)
+    return _Planned(plan, info, extents, sensor_model, uses_dem, regions, tile_total)
 
 
 def _queue_rerun(services: Services, request: ImageRequest,

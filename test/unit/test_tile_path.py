@@ -13,7 +13,6 @@ from osgeo import gdal
 
 from modelrunner.errors import FeatureError
 from modelrunner.features.convert import geolocate, place_features, to_image_features
-from modelrunner.features.seams import feature_text
 from modelrunner.imagery.encode import encode_tile
 from modelrunner.imagery.geolocate import Georeference
 from modelrunner.inference.detectors import _parse
@@ -101,14 +100,6 @@ def test_bad_features_fail_their_tile_the_same_way(bad):
     with pytest.raises(FeatureError) as fast:
         place_features(copy.deepcopy(bad), 0, 0, _affine)
     assert str(fast.value) == str(general.value)
-
-
-def test_feature_text_is_compact_json_and_falls_back_for_what_orjson_refuses():
-    feature = {"type": "Feature", "properties": {"name": "é", "score": 1e-06, "n": 3}}
-    text = feature_text(feature)
-    assert json.loads(text) == feature and ", " not in text
-    huge = {"type": "Feature", "properties": {"n": 2 ** 70}}
-    assert json.loads(feature_text(huge)) == huge
 
 
 def test_model_answers_are_read_with_the_json_fallback():

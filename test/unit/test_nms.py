@@ -18,6 +18,7 @@ from modelrunner.features.nms import (
     box_metric,
     canonical_order,
     check_metric,
+    connected_components,
     float_key,
     greedy_nmm_indices,
     nmm_indices,
@@ -396,3 +397,12 @@ def test_check_metric_names_the_metrics() -> None:
     check_metric("IOS")
     with pytest.raises(ValueError, match="IOU, IOS.*'GIOU'"):
         check_metric("GIOU")
+
+
+def test_connected_components_label_each_node_with_its_smallest_node() -> None:
+    src = np.array([5, 1, 7, 3], dtype=np.int64)
+    dst = np.array([2, 5, 3, 8], dtype=np.int64)  # 1-5-2, 3-7-8 (edges in any direction), 0, 4, 6 alone
+    assert connected_components(9, src, dst).tolist() == [0, 1, 1, 3, 4, 1, 6, 3, 3]
+    assert connected_components(3, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)).tolist() == [0, 1, 2]
+    chain = np.arange(999, dtype=np.int64)
+    assert (connected_components(1000, chain[::-1] + 1, chain[::-1]) == 0).all(), "a long chain is one component"

@@ -46,6 +46,7 @@ from .nms import (
     IntArray,
     canonical_order,
     check_metric,
+    connected_components,
     float_key,
     greedy_nmm_indices,
     nmm_indices,
@@ -340,23 +341,13 @@ def _join_shapes(
     tree = shapely.STRtree(geoms)
     left, right = tree.query(geoms, predicate="intersects")
     same = (left < right) & (group[left] == group[right])
-    parent = list(range(len(members)))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(left[same].tolist(), right[same].tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    components: dict[int, list[int]] = {}
-    for x in range(len(members)):
-        components.setdefault(find(x), []).append(x)
+    label = connected_components(len(members), left[same].astype(np.int64), right[same].astype(np.int64))
+    # Components by their smallest piece, each piece in order (a stable sort keeps the pieces' order).
+    by_component = np.argsort(label, kind="stable")
+    first = np.flatnonzero(np.concatenate(([True], label[by_component][1:] != label[by_component][:-1])))
     out: list[tuple[int, BaseGeometry | None]] = []
-    for pieces in components.values():
+    for component in np.split(by_component, first[1:]):
+        pieces = component.tolist()
         best = min(pieces, key=lambda p: rank[members[p]])
         if len(pieces) == 1:
             out.append((int(members[best]), None))

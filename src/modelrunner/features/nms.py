@@ -47,6 +47,7 @@ __all__ = [
     "box_metric",
     "canonical_order",
     "check_metric",
+    "connected_components",
     "float_key",
     "greedy_nmm_indices",
     "nmm_indices",
@@ -723,8 +724,10 @@ def truncated_at_edges(
     return out
 
 
-def _components(n: int, src: IntArray, dst: IntArray) -> IntArray:
-    """Connected components of an undirected graph: each node's label is its component's smallest node."""
+def connected_components(n: int, src: IntArray, dst: IntArray) -> IntArray:
+    """Connected components of an undirected graph of ``n`` nodes and the edges ``src[k] -- dst[k]``: each
+    node's label is its component's smallest node (partial views of one object here, touching shapes of one
+    class in :func:`~.distill.distill`). Label propagation with pointer jumping, in numpy."""
     label = np.arange(n, dtype=np.int64)
     if not src.size:
         return label
@@ -776,7 +779,7 @@ def resolve_truncated(
     best = np.lexsort((ranks[dst], -share, cut[dst], src))
     first = np.concatenate(([True], src[best][1:] != src[best][:-1]))
     src, dst = src[best][first], dst[best][first]
-    group = _components(n, src, dst)
+    group = connected_components(n, src, dst)
     # The group's representative: its whole view, else its best-ranked member.
     by = np.lexsort((ranks, cut, group))
     lead = np.concatenate(([True], group[by][1:] != group[by][:-1]))

@@ -31,7 +31,8 @@ Window = tuple[float, float, float, float]  # minx, miny, maxx, maxy in full-ima
 
 
 def _reaching(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """Which boxes overlap (with positive area) at least one of the windows."""
+    """Which boxes overlap (with positive area) at least one of the windows (also: which windows overlap
+    one box, given as the only "window")."""
     if len(windows) == 0 or len(boxes) == 0:
         return np.zeros(len(boxes), dtype=bool)
     return np.asarray(((boxes[:, None, 0] < windows[None, :, 2]) & (boxes[:, None, 2] > windows[None, :, 0])
@@ -87,10 +88,9 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
             finite = np.isfinite(part.boxes).all(axis=1)
             bounds = part.boxes[finite]
             close = np.zeros(len(windows), dtype=bool)
-            if len(bounds):
-                x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
-                x1, y1 = bounds[:, 2].max(), bounds[:, 3].max()
-                close = (windows[:, 0] < x1) & (windows[:, 2] > x0) & (windows[:, 1] < y1) & (windows[:, 3] > y0)
+            if len(bounds):  # the windows that overlap the box around the part's features
+                around = np.array([[bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()]])
+                close = _reaching(windows, around)
             close[i] = False
             near = _reaching(part.boxes, windows[close]) & finite
         near_masks.append(near)
@@ -99,8 +99,7 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
             seam.append(taken)
             if edges:  # a window that continues this one beyond one of its edges overlaps this one
                 own = windows[i]
-                overlapping = ((windows[:, 0] < own[2]) & (windows[:, 2] > own[0])
-                               & (windows[:, 1] < own[3]) & (windows[:, 3] > own[1]))
+                overlapping = _reaching(windows, own[None])
                 overlapping[i] = False
                 cut.append(truncated_at_edges(taken.boxes, own, windows[overlapping], option.edge_margin)
                            & taken.is_box)

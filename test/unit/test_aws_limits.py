@@ -18,7 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from modelrunner.errors import AwsLimitError
-from modelrunner.features.seams import FeatureSet
+from modelrunner.features.featureset import FeatureSet
 from modelrunner.local.stack import create_resources
 from modelrunner.requests import ImageRequest, RegionRequest, S3Output
 from modelrunner.runner.image import _queue_regions

@@ -9,14 +9,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import boto3
-import numpy as np
 import orjson
 import pytest
 
 from modelrunner.failpoints import Failpoints
-from modelrunner.features.convert import box_polygon
-from modelrunner.features.merge import distill
-from modelrunner.features.seams import FeatureSet, PackedFeatureSet, merge_packed, merge_seams
+from modelrunner.features.distill import distill
+from modelrunner.features.featureset import FeatureSet, PackedFeatureSet
+from modelrunner.features.seams import merge_seams
 from modelrunner.local.job_features import job_feature_texts
 from modelrunner.local.stack import create_resources
 from modelrunner.metrics import Metrics
@@ -24,15 +23,10 @@ from modelrunner.requests import DistillationOption, ImageRequest
 from modelrunner.runner.complete import _write_output, merge_regions
 from modelrunner.state.jobs import JobStore
 from modelrunner.state.records import RegionRecord
+from tiled_detections import box_feature
 
 # Four regions of 1000 px overlapping by 100 px (as regions of whole overlapping tiles do).
 WINDOWS = [(0, 0), (900, 0), (0, 900), (900, 900)]
-
-
-def box_feature(n: int, x: float, y: float, w: float, h: float, score: float, label: str) -> dict:
-    return {"type": "Feature", "id": f"f{n}", "geometry": None,
-            "properties": {"imageGeometry": box_polygon(x, y, x + w, y + h),
-                           "featureClasses": [{"iri": label, "score": score}]}}
 
 
 def region_results(seed: int) -> tuple[list[dict], dict[str, FeatureSet]]:
@@ -103,33 +97,6 @@ def test_output_order_does_not_depend_on_the_order_parts_finished_in():
     assert list(merge_regions(shuffled, results, option)) == first
 
 
-def _text_set(n: int, width: int = 300) -> FeatureSet:
-    features = [box_feature(i, i % 97 * 10, i // 97 * 10, 8, 8, round(0.5 + (i % 7) / 20, 2), "ab"[i % 2])
-                for i in range(n)]
-    for i, feature in enumerate(features):
-        feature["properties"]["note"] = "é" * (i % 5) + "x" * (width * (i % 3))  # some texts span chunks
-    return FeatureSet.of(features)
-
-
-@pytest.mark.parametrize(("count", "chunk_bytes"), [(0, 1000), (1, 50), (700, 997), (5000, 350_000)])
-def test_packed_sets_keep_columns_and_texts(count, chunk_bytes):
-    original = _text_set(count)
-    packed = PackedFeatureSet.pack(original, chunk_bytes)
-    assert all(len(chunk) <= chunk_bytes for chunk in packed.chunks)
-    assert len(packed.chunks) >= 1
-    read = PackedFeatureSet(packed.chunks)  # as the completion reads them back: columns only
-    assert len(read) == count
-    assert (read.boxes == original.boxes).all() and (read.scores == original.scores).all()
-    assert read.labels == original.labels and (read.is_box == original.is_box).all()
-    assert list(read.texts()) == original.texts
-    assert list(read.texts()) == original.texts, "iterable again"
-    assert FeatureSet.from_bytes(zlib.decompress(b"".join(packed.chunks))).texts == original.texts
-    if count:
-        mask = np.arange(count) % 3 == 1
-        assert read.take(mask).texts == original.take(mask).texts
-        assert read.take(np.array([count - 1, 0])).texts == original.take(np.array([count - 1, 0])).texts
-
-
 @pytest.mark.parametrize("algorithm", ["NMS", "SOFT_NMS", "NMM", "GREEDYNMM"])
 def test_streamed_job_features_are_the_in_memory_merge(algorithm):
     rows, results = region_results(5)
@@ -158,46 +125,6 @@ def test_a_failed_region_without_result_changes_no_selection():
     everything = [f for r in rows if r.region_id != missing for f in results[r.region_id].features()]
     expected = sorted(json.dumps(f, sort_keys=True) for f in distill(everything, option))
     assert sorted(json.dumps(json.loads(t), sort_keys=True) for t in merge_regions(rows, without, option)) == expected
-
-
-# Two tiles (or regions) 100 px wide overlapping by 40 px, and what each saw of three objects.
-LEFT, RIGHT = (0.0, 0.0, 100.0, 100.0), (60.0, 0.0, 160.0, 100.0)
-
-
-def _views() -> tuple[list[dict], list[dict]]:
-    left = [box_feature(1, 90, 10, 10, 20, 0.9, "a"),  # object A, cut by the left window's right edge
-            box_feature(2, 50, 50, 50, 40, 0.8, "a"),  # object B (50..160), cut ...
-            box_feature(3, 70, 30, 10, 8, 0.7, "a")]  # object C, whole in the overlap
-    right = [box_feature(4, 90, 10, 20, 20, 0.6, "a"),  # A whole
-             box_feature(5, 60, 50, 100, 40, 0.5, "a"),  # B, cut by the right window's left edge
-             box_feature(6, 70, 30, 10, 8, 0.7, "a")]  # C again
-    return left, right
-
-
-@pytest.mark.parametrize("algorithm", ["NMS", "NMM", "GREEDYNMM"])
-def test_edge_truncation_makes_one_feature_per_object_across_a_seam(algorithm):
-    left, right = _views()
-    parts = [(LEFT, FeatureSet.of(left)), (RIGHT, FeatureSet.of(right))]
-    plain = merge_seams(parts, DistillationOption(algorithm_type=algorithm))
-    assert len(plain) == 5, "IoU 0.5 and 0.45 between the views of A and B: both views of each stay"
-    relocated = []
-
-    def relocate(feature):
-        relocated.append(feature["id"])
-        return feature
-
-    option = DistillationOption(algorithm_type=algorithm, edge_truncation="MERGE")
-    merged = merge_seams(parts, option, relocate)
-    # A: the right tile's whole view; B: rebuilt from its two pieces (kept: the better-scored piece); C: once.
-    assert sorted(f["id"] for f in merged.features()) == ["f2", "f3", "f4"]
-    assert sorted(map(tuple, merged.boxes.tolist())) == [(50.0, 50.0, 160.0, 90.0), (70.0, 30.0, 80.0, 38.0),
-                                                         (90.0, 10.0, 110.0, 30.0)]
-    assert relocated == ["f2"], "only the rebuilt box of B changed geometry"
-    suppressed = merge_seams(parts, DistillationOption(algorithm_type=algorithm, edge_truncation="SUPPRESS"))
-    assert len(suppressed) == 3 and "f1" not in {f["id"] for f in suppressed.features()}
-    # At the job level the parts are regions, stored packed: the same selection.
-    packed = [(w, PackedFeatureSet.pack(p, 4096)) for w, p in parts]
-    assert sorted(merge_packed(packed, option)) == sorted(merged.texts)
 
 
 # ---------- the outputs (_write_output) on moto: the Kinesis delivery checkpoint in the job row

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from osgeo import gdal
 
-from modelrunner.features.seams import FeatureSet, merge_seams, merge_set
+from modelrunner.features.featureset import FeatureSet
+from modelrunner.features.seams import merge_seams, merge_set
 from modelrunner.imagery.encode import encode_tile
 from modelrunner.imagery.grid import TileGrid
 from modelrunner.local.accuracy import Accuracy, match_boxes, score_features

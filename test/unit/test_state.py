@@ -6,7 +6,7 @@ import os
 import boto3
 import pytest
 
-from modelrunner.features.seams import FeatureSet, PackedFeatureSet
+from modelrunner.features.featureset import FeatureSet, PackedFeatureSet
 from modelrunner.local.stack import create_resources
 from modelrunner.requests import ImageRequest, RegionRequest
 from modelrunner.state.features import FeatureStore, OwnResults

@@ -4,7 +4,7 @@ Each feature is what a ``flood`` model box becomes after geolocation on a north-
 the interface notes): a 3-D WGS84 ``geometry`` polygon rounded to 6 decimals, the feature's ``bbox``,
 ``imageGeometry`` / ``imageBBox`` in full-image pixels, ``featureClasses``, the centre, ``modelMetadata`` and
 ``inferenceMetadata``. Features come region by region (row-major), as
-:class:`~modelrunner.features.seams.JobFeatures` streams them, as compact JSON texts. Deterministic for a
+:class:`~modelrunner.features.featureset.JobFeatures` streams them, as compact JSON texts. Deterministic for a
 seed, so a benchmark writes the same bytes every run.
 """
 

@@ -21,7 +21,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..aws import is_transient
 from ..errors import SinkError
 from ..features.convert import Relocate, relocator
-from ..features.seams import JobFeatures, PackedFeatureSet, merge_packed
+from ..features.featureset import JobFeatures, PackedFeatureSet
+from ..features.seams import merge_packed
 from ..imagery.context import ImageContext
 from ..metrics import input_format
 from ..requests import DistillationOption, ImageRequest, KinesisOutput, Output, S3Output

@@ -18,7 +18,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import relocator
-from ..features.seams import FeatureSet, Window, merge_seams
+from ..features.featureset import FeatureSet
+from ..features.seams import Window, merge_seams
 from ..imagery.context import ImageContext
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import FeatureError, InferenceError
 from ..features.convert import Feature, ToWorld, finish, geolocate, image_shape, place_features, to_image_features
-from ..features.seams import FeatureSet, feature_text, merge_set
+from ..features.featureset import FeatureSet, feature_text
+from ..features.seams import merge_set
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Georeference
 from ..imagery.grid import Tile

@@ -264,7 +264,7 @@ class _GeoJSONSpool:
 
     The frame is what ``json.dumps`` writes for the collection, so no features still give a valid
     ``{"type": "FeatureCollection", "features": []}``; features given as text go in as they are (the
-    runner's are compact UTF-8 JSON, see :func:`~modelrunner.features.seams.feature_text`), dicts as
+    runner's are compact UTF-8 JSON, see :func:`~modelrunner.features.featureset.feature_text`), dicts as
     ``json.dumps`` writes them.
     """
 

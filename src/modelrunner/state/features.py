@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..features.seams import FeatureSet, PackedFeatureSet
+from ..features.featureset import FeatureSet, PackedFeatureSet
 from . import ddb
 
 SALTS = 50

@@ -393,93 +393,110 @@ def distill(
     if not features:
         return []
     parsed = _parse(features)
-    label_key = parsed.label
     all_boxes = np.stack((parsed.x1, parsed.y1, parsed.x2, parsed.y2), axis=1)
-    order = canonical_order(all_boxes, parsed.score, label_key,
+    order = canonical_order(all_boxes, parsed.score, parsed.label,
                             lambda members: [_stable_text(features[k]) for k in members.tolist()])
-    rank = rank_of(order)
-    rank_bits = max(16, len(features).bit_length())
-    picked: list[IntArray] = []  # indices of the features that survive, per source
-    picked_score: list[FloatArray] = []  # their final scores
-    replaced: dict[int, dict[str, Any]] = {}  # index -> the copy that is output instead
-    moved: set[int] = set()  # indices whose imageGeometry was replaced (relocate them)
-
+    picks = _Picks(features, parsed, rank_of(order), max(16, len(features).bit_length()))
     box_idx = np.flatnonzero(parsed.kind == _BOX)
     if box_idx.size:
         boxes = all_boxes if box_idx.size == len(features) else all_boxes[box_idx]
+        picks.boxes(box_idx, boxes, option, truncated)
+    shape_idx = np.flatnonzero(parsed.kind == _SHAPE)
+    if shape_idx.size:
+        picks.shapes(shape_idx, option)
+    other = np.flatnonzero(parsed.kind == _OTHER)
+    picks.add(other, parsed.score[other])
+    return picks.output(option.algorithm_type == "SOFT_NMS", relocate)
+
+
+class _Picks:
+    """What :func:`distill` keeps, source by source (boxes, joined shapes, the rest): the indices that
+    survive with their final scores, the copies output instead of some features, and which copies' pixel
+    geometry changed (to relocate)."""
+
+    def __init__(self, features: list[dict[str, Any]], parsed: _Parsed, rank: IntArray, rank_bits: int) -> None:
+        self.features, self.parsed, self.rank, self.rank_bits = features, parsed, rank, rank_bits
+        self.picked: list[IntArray] = []
+        self.picked_score: list[FloatArray] = []
+        self.replaced: dict[int, dict[str, Any]] = {}  # index -> the copy that is output instead
+        self.moved: set[int] = set()  # indices whose imageGeometry was replaced (relocate them)
+
+    def add(self, indices: IntArray, scores: FloatArray) -> None:
+        self.picked.append(indices)
+        self.picked_score.append(scores)
+
+    def replace(self, k: int, changes: dict[str, Any], bbox: list[float]) -> None:
+        """Output a copy of feature ``k`` with new pixel geometry (``imageBBox`` too when it had one)."""
+        if "imageBBox" in (self.features[k].get("properties") or {}):
+            changes["imageBBox"] = bbox
+        self.replaced[k] = _with_properties(self.replaced.get(k, self.features[k]), changes)
+        self.moved.add(k)
+
+    def boxes(self, box_idx: IntArray, boxes: FloatArray, option: DistillationOption,
+              truncated: ArrayLike | None) -> None:
+        """The box features through the option's algorithm (after resolving edge-cut views if asked)."""
+        parsed, features = self.parsed, self.features
         original = boxes
-        labels = None if option.class_agnostic else label_key[box_idx]
+        labels = None if option.class_agnostic else parsed.label[box_idx]
         if option.edge_truncation != "NONE" and truncated is not None:
             cut = np.asarray(truncated, dtype=bool).reshape(-1)
             if cut.size != len(features):
                 raise ValueError(f"{len(features)} features but {cut.size} truncated flags")
-            stay, boxes = resolve_truncated(boxes, cut[box_idx], rank[box_idx], option.edge_truncation, labels)
+            stay, boxes = resolve_truncated(boxes, cut[box_idx], self.rank[box_idx], option.edge_truncation, labels)
             box_idx, boxes, original = box_idx[stay], boxes[stay], original[stay]
             labels = None if labels is None else labels[stay]
         scores = parsed.score[box_idx]
-        sub_order = radix_argsort([rank[box_idx].astype(np.uint64)], rank_bits)
-        kind = option.algorithm_type
-        t, metric = option.iou_threshold, option.match_metric
+        sub_order = radix_argsort([self.rank[box_idx].astype(np.uint64)], self.rank_bits)
+        kind, t, metric = option.algorithm_type, option.iou_threshold, option.match_metric
         if kind == "NMS":
             keep = nms_indices(boxes, scores, labels, t, metric, sub_order)
-            final_boxes = boxes[keep]
-            picked_score.append(parsed.score[box_idx[keep]])
+            final_boxes, final_scores = boxes[keep], parsed.score[box_idx[keep]]
         elif kind == "SOFT_NMS":
-            keep, decayed = soft_nms_indices(boxes, scores, labels, t, option.sigma, option.skip_box_threshold,
-                                             metric, sub_order)
+            keep, final_scores = soft_nms_indices(boxes, scores, labels, t, option.sigma, option.skip_box_threshold,
+                                                  metric, sub_order)
             final_boxes = boxes[keep]
-            picked_score.append(decayed)
-            for k, s in zip(box_idx[keep].tolist(), decayed.tolist(), strict=True):
-                replaced[k] = _rescored(features[k], parsed.best_class[k], s, float(parsed.score[k]))
+            for k, s in zip(box_idx[keep].tolist(), final_scores.tolist(), strict=True):
+                self.replaced[k] = _rescored(features[k], parsed.best_class[k], s, float(parsed.score[k]))
         else:
             merge = nmm_indices if kind == "NMM" else greedy_nmm_indices
             keep, final_boxes = merge(boxes, scores, labels, t, metric, sub_order)
-            picked_score.append(parsed.score[box_idx[keep]])
+            final_scores = parsed.score[box_idx[keep]]
         kept = box_idx[keep]
-        picked.append(kept)
+        self.add(kept, final_scores)
         grown = np.flatnonzero(np.any(final_boxes != original[keep], axis=1))
         for k, box in zip(kept[grown].tolist(), final_boxes[grown].tolist(), strict=True):
-            changes: dict[str, Any] = {"imageGeometry": box_polygon(*box)}
-            if "imageBBox" in (features[k].get("properties") or {}):
-                changes["imageBBox"] = list(box)
-            replaced[k] = _with_properties(replaced.get(k, features[k]), changes)
-            moved.add(k)
+            self.replace(k, {"imageGeometry": box_polygon(*box)}, list(box))
 
-    shape_idx = np.flatnonzero(parsed.kind == _SHAPE)
-    if shape_idx.size:
-        components = _join_shapes(parsed, shape_idx, rank, option.class_agnostic)
+    def shapes(self, shape_idx: IntArray, option: DistillationOption) -> None:
+        """Touching or overlapping shapes of one class joined into a copy of the best-scored piece."""
+        components = _join_shapes(self.parsed, shape_idx, self.rank, option.class_agnostic)
         best = np.array([k for k, _ in components], dtype=np.int64)
-        picked.append(best)
-        picked_score.append(parsed.score[best])
+        self.add(best, self.parsed.score[best])
         for k, joined in components:
             if joined is not None:
-                changes = {"imageGeometry": _lists(mapping(joined))}
-                if "imageBBox" in (features[k].get("properties") or {}):
-                    changes["imageBBox"] = [float(v) for v in joined.bounds]
-                replaced[k] = _with_properties(features[k], changes)
-                moved.add(k)
+                self.replace(k, {"imageGeometry": _lists(mapping(joined))}, [float(v) for v in joined.bounds])
 
-    other = np.flatnonzero(parsed.kind == _OTHER)
-    picked.append(other)
-    picked_score.append(parsed.score[other])
+    def output(self, rescored: bool, relocate: Relocate | None) -> list[dict[str, Any]]:
+        """The kept features (or their copies) by final score, ties by canonical rank; moved ones relocated."""
+        chosen = np.concatenate(self.picked)
+        if rescored:  # decayed scores can reorder features
+            by = radix_argsort([float_key(np.concatenate(self.picked_score), descending=True),
+                                self.rank[chosen].astype(np.uint64)])
+        else:  # final score = original score, so the canonical rank is the output order
+            by = radix_argsort([self.rank[chosen].astype(np.uint64)], self.rank_bits)
+        out_idx = chosen[by]
+        features = self.features
+        if not self.replaced:
+            return list(map(features.__getitem__, out_idx.tolist()))
+        get = self.replaced.get
+        result = [get(k) or features[k] for k in out_idx.tolist()]
+        if self.moved and relocate is not None:
+            position = np.empty(len(features), dtype=np.int64)
+            position[out_idx] = np.arange(out_idx.size, dtype=np.int64)
+            for p in sorted(position[list(self.moved)].tolist()):  # in output order
+                result[p] = relocate(result[p])
+        return result
 
-    chosen = np.concatenate(picked)
-    if option.algorithm_type == "SOFT_NMS":  # decayed scores can reorder features
-        by = radix_argsort([float_key(np.concatenate(picked_score), descending=True),
-                             rank[chosen].astype(np.uint64)])
-    else:  # final score = original score, so the canonical rank is the output order
-        by = radix_argsort([rank[chosen].astype(np.uint64)], rank_bits)
-    out_idx = chosen[by]
-    if not replaced:
-        return list(map(features.__getitem__, out_idx.tolist()))
-    get = replaced.get
-    result = [get(k) or features[k] for k in out_idx.tolist()]
-    if moved and relocate is not None:
-        position = np.empty(len(features), dtype=np.int64)
-        position[out_idx] = np.arange(out_idx.size, dtype=np.int64)
-        for p in sorted(position[list(moved)].tolist()):  # in output order
-            result[p] = relocate(result[p])
-    return result
 
 
 def _rescored(feature: dict[str, Any], best: int, score: float, raw: float) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: fake AWS credentials, moto in-process, and the created resources."""
+"""Shared fixtures: fake AWS credentials, moto in-process (mocked, or a server on loopback)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,19 @@ def moto_aws(aws_env: None) -> Iterator[None]:
 
     with mock_aws():
         yield
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    """A moto server in this process, on a free loopback port, for the module's tests (its URL)."""
+    from moto.server import ThreadedMotoServer
+
+    from modelrunner.local.stack import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

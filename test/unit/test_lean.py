@@ -1,12 +1,11 @@
 """The JSON-protocol fast path (modelrunner.lean) sends what botocore sends, answers what botocore answers,
 and leaves failures, stubs and in-process mocks to botocore.
 
-A moto server on 127.0.0.1 (in this process) stands in for Kinesis and DynamoDB.
+A moto server on 127.0.0.1 (in this process, the ``moto_server`` fixture) stands in for Kinesis and DynamoDB.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,22 +16,8 @@ from botocore.stub import Stubber
 
 from modelrunner.aws import AwsClients
 from modelrunner.lean import LeanJsonClient
-from modelrunner.local.stack import free_port
 
 KEYS = {"aws_access_key_id": "AKIDEXAMPLE", "aws_secret_access_key": "secret", "aws_session_token": "token"}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def client(service: str, url: str) -> Any:
@@ -53,15 +38,15 @@ def records_on(kinesis: Any, stream: str) -> list[tuple[bytes, str]]:
         iterator = answer["NextShardIterator"]
 
 
-def test_put_records_on_the_fast_path_lands_the_same_records(moto_url: str):
-    stock = client("kinesis", moto_url)
+def test_put_records_on_the_fast_path_lands_the_same_records(moto_server: str):
+    stock = client("kinesis", moto_server)
     stock.create_stream(StreamName="lean-a", ShardCount=1)
-    lean = LeanJsonClient(client("kinesis", moto_url), ("PutRecords",))
+    lean = LeanJsonClient(client("kinesis", moto_server), ("PutRecords",))
     operation = lean._fast["put_records"]
     batches = [[{"Data": f'{{"n": {i}, "b": "\\u00e9"}}'.encode() + bytes([0, 255]), "PartitionKey": f"k{i % 3}"}
                 for i in range(start, start + 50)] for start in (0, 50, 100)]
     answers = [lean.put_records(StreamName="lean-a", Records=batch) for batch in batches]
-    assert operation.url == moto_url + "/"  # learnt from botocore's first call, then used
+    assert operation.url == moto_server + "/"  # learnt from botocore's first call, then used
     assert operation.fast
     for answer, batch in zip(answers, batches, strict=True):
         assert answer["FailedRecordCount"] == 0 and len(answer["Records"]) == len(batch)
@@ -70,12 +55,12 @@ def test_put_records_on_the_fast_path_lands_the_same_records(moto_url: str):
     assert records_on(stock, "lean-a") == [(r["Data"], r["PartitionKey"]) for batch in batches for r in batch]
 
 
-def test_batch_write_item_with_blobs_answers_as_botocore(moto_url: str):
-    stock = client("dynamodb", moto_url)
+def test_batch_write_item_with_blobs_answers_as_botocore(moto_server: str):
+    stock = client("dynamodb", moto_server)
     stock.create_table(TableName="lean-t", KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
                        AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
                        BillingMode="PAY_PER_REQUEST")
-    lean = LeanJsonClient(client("dynamodb", moto_url), ("BatchWriteItem",))
+    lean = LeanJsonClient(client("dynamodb", moto_server), ("BatchWriteItem",))
     operation = lean._fast["batch_write_item"]
     assert not operation.plain_answer  # UnprocessedItems may hold blobs: botocore's parser reads the answer
 
@@ -87,16 +72,16 @@ def test_batch_write_item_with_blobs_answers_as_botocore(moto_url: str):
     for start in (0, 25, 50):
         answer = lean.batch_write_item(RequestItems={"lean-t": items(start)})
         assert answer["UnprocessedItems"] == {}
-    assert operation.fast and operation.url == moto_url + "/"
+    assert operation.fast and operation.url == moto_server + "/"
     got = stock.get_item(TableName="lean-t", Key={"k": {"S": "key-60"}})["Item"]
     assert got["blob"]["B"] == bytes(range(60, 100)) and got["texts"]["L"] == [{"S": "é"}, {"S": "x"}]
     assert stock.scan(TableName="lean-t", Select="COUNT")["Count"] == 75
 
 
-def test_an_error_answer_goes_to_botocore_and_stays_there(moto_url: str):
-    lean = LeanJsonClient(client("kinesis", moto_url), ("PutRecords",))
+def test_an_error_answer_goes_to_botocore_and_stays_there(moto_server: str):
+    lean = LeanJsonClient(client("kinesis", moto_server), ("PutRecords",))
     operation = lean._fast["put_records"]
-    stock = client("kinesis", moto_url)
+    stock = client("kinesis", moto_server)
     stock.create_stream(StreamName="lean-b", ShardCount=1)
     lean.put_records(StreamName="lean-b", Records=[{"Data": b"1", "PartitionKey": "k"}])  # learns the URL
     assert operation.fast

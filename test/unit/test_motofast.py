@@ -28,7 +28,6 @@ from osgeo import gdal
 
 from modelrunner.local import motofast
 from modelrunner.local.scene import make_scene
-from modelrunner.local.stack import free_port
 
 #: Headers that must match; dates and request ids legitimately differ between runs.
 COMPARED_HEADERS = ("content-type", "content-length", "content-range", "etag", "accept-ranges", "x-amz-crc32",
@@ -36,16 +35,10 @@ COMPARED_HEADERS = ("content-type", "content-length", "content-range", "etag", "
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
+def server(moto_server: str) -> Iterator[str]:
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield moto_server
     finally:
-        moto.stop()
         motofast.unpatch()
 
 

@@ -145,6 +145,7 @@ class _JsonOperation:
         self.url: str | None = None  # learnt from botocore's first call
         self._parser = create_parser(model.metadata["protocol"])
         self._learning = threading.local()
+        self._lock = threading.Lock()  # the URL is learnt once, whichever thread's call comes back first
         service = model.service_id.hyphenize()
         client.meta.events.register(f"before-send.{service}.{name}", self._see_url)
         client.meta.events.register(f"after-call.{service}.{name}", self._learn_url)
@@ -187,7 +188,7 @@ class _JsonOperation:
         url = getattr(self._learning, "url", None)
         self._learning.on, self._learning.url = False, None
         if url is not None and isinstance(getattr(http_response, "raw", None), urllib3.BaseHTTPResponse):
-            with self.path._lock:
+            with self._lock:
                 if self.url is None:
                     self.url = url
 

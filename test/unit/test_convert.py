@@ -10,7 +10,15 @@ import pytest
 from osgeo import gdal, osr
 
 from modelrunner.errors import FeatureError
-from modelrunner.features.convert import box_polygon, finish, geolocate, place_features, to_image_features
+from modelrunner.features.convert import (
+    box_polygon,
+    finish,
+    geolocate,
+    place_features,
+    place_tile,
+    to_image_features,
+)
+from modelrunner.features.distill import box_columns
 from modelrunner.imagery.encode import encode_tile
 from modelrunner.imagery.geolocate import Geolocator
 from modelrunner.local.models import flood
@@ -135,6 +143,15 @@ ANSWERS = {
         "imageGeometry": {"type": "Point", "coordinates": [3, 4]}}}]},
     "3-D ring": {"features": [_box(1, ring=[[3, 1, 0], [3, 8, 0], [0, 8, 0], [0, 1, 0], [3, 1, 0]])]},
     "bool in ring": {"features": [_box(1, ring=[[True, 1], [3, 8], [0, 8], [0, 1], [True, 1]])]},
+    "other winding": {"features": [_box(1, ring=[[0, 1], [3, 1], [3, 8], [0, 8], [0, 1]]), _box(2)]},
+    "a line of zero height": {"features": [_box(1, ring=[[0, 1], [3, 1], [3, 1], [0, 1], [0, 1]]), _box(2)]},
+    "not closed": {"features": [_box(1, ring=[[3, 1], [3, 8], [0, 8], [0, 1], [3, 2]]), _box(2)]},
+    "two classes": {"features": [_box(1, extra={"featureClasses": [{"iri": "a", "score": 0.2},
+                                                                   {"iri": "b", "score": 0.7}]}), _box(2)]},
+    "integer score": {"features": [_box(1, extra={"featureClasses": [{"iri": "a", "score": 1}]}), _box(2)]},
+    "no score": {"features": [_box(1, extra={"featureClasses": [{"iri": "a"}]}), _box(2)]},
+    "NaN score": {"features": [_box(1, extra={"featureClasses": [{"iri": "a", "score": math.nan}]}), _box(2)]},
+    "mixed labels": {"features": [_box(1), _box(2, extra={"featureClasses": [{"iri": "bus", "score": 0.25}]})]},
     "empty": {"type": "FeatureCollection", "features": []},
     "no features": {"type": "FeatureCollection"},
 }
@@ -155,6 +172,27 @@ def test_placing_in_one_pass_equals_moving_then_geolocating(name, to_world):
     assert got == _general(answer, 384, 768, to_world)
     assert json.dumps(got) == json.dumps(_general(answer, 384, 768, to_world)), "same key order"
     assert answer == before, "the model's answer is not changed"
+
+
+@pytest.mark.parametrize("name", sorted(ANSWERS))
+def test_box_columns_of_a_placed_tile_are_what_parsing_its_features_gives(name):
+    """place_tile's columns (read from the arrays it placed the features from) are exactly box_columns of the
+    placed features, or None where any feature is not a plain box (then the caller parses)."""
+    features, columns = place_tile(copy.deepcopy(ANSWERS[name]), 384, 768, _affine)
+    if columns is None:
+        return  # the general path, or a feature that is not a plain box: the caller parses (see the next test)
+    boxes, scores, labels, is_box = box_columns(features)
+    assert is_box.all() and all(len(f["properties"]["featureClasses"]) == 1 for f in features)
+    assert np.array_equal(columns.boxes, boxes) and columns.boxes.dtype == boxes.dtype
+    assert np.array_equal(columns.scores, scores) and columns.labels == labels
+
+
+def test_box_columns_are_given_for_plain_boxes_only():
+    for name in ("flood", "no bbox", "ints", "other winding", "a line of zero height", "mixed labels"):
+        assert place_tile(copy.deepcopy(ANSWERS[name]), 0, 0, None)[1] is not None, name
+    for name in ("rotated", "not closed", "two classes", "integer score", "no score", "NaN score", "3-D ring",
+                 "a point among boxes", "feature_types", "empty"):
+        assert place_tile(copy.deepcopy(ANSWERS[name]), 0, 0, _affine)[1] is None, name
 
 
 @pytest.mark.parametrize("bad", [

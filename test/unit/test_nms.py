@@ -14,6 +14,7 @@ from ensemble_boxes.ensemble_boxes_nms import cpu_soft_nms_float
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelrunner.features import nms
 from modelrunner.features.nms import (
     box_metric,
     canonical_order,
@@ -406,3 +407,19 @@ def test_connected_components_label_each_node_with_its_smallest_node() -> None:
     assert connected_components(3, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)).tolist() == [0, 1, 2]
     chain = np.arange(999, dtype=np.int64)
     assert (connected_components(1000, chain[::-1] + 1, chain[::-1]) == 0).all(), "a long chain is one component"
+
+
+def test_the_comparison_sort_for_small_sets_orders_as_the_radix_sort(monkeypatch):
+    """Below ``_LEXSORT_BELOW`` boxes the canonical order comes from np.lexsort, above it from the radix
+    passes: both must give the same order, ties (scores, -0.0 and 0.0, equal corners) included."""
+    rng = np.random.default_rng(5)
+    for n in (2, 50, 700):
+        boxes = np.round(rng.uniform(0, 20, (n, 4)), 0)
+        boxes[:, 2:] += boxes[:, :2] + 1
+        scores = np.round(rng.uniform(0, 1, n), 1)
+        scores[: n // 4] = -0.0
+        labels = rng.integers(0, 3, n)
+        small = nms.canonical_order(boxes, scores, labels)
+        monkeypatch.setattr(nms, "_LEXSORT_BELOW", 0)
+        assert np.array_equal(small, nms.canonical_order(boxes, scores, labels))
+        monkeypatch.undo()

@@ -42,11 +42,11 @@ class Scripted:
 
 
 def step_for(detector: Scripted, *, attempts: int = 4, max_features: int = 100,
-             abort: threading.Event | None = None) -> TileStep:
+             abort: threading.Event | None = None, feature_properties: list[dict[str, Any]] | None = None) -> TileStep:
     return TileStep(
         detector=detector, tile_format="GTIFF", tile_compression="NONE", radiometry=TileRadiometry(), georef=None,
         to_world=None, plan=plan_image(512, 256, 256, 32, (1024, 1024)), option=DistillationOption(),
-        relocate=relocator(None), job_id="j", feature_properties=[], source_metadata=None,
+        relocate=relocator(None), job_id="j", feature_properties=feature_properties or [], source_metadata=None,
         retry=RetryPolicy(attempts, 0.0, 0.0), max_features=max_features, abort=abort)
 
 
@@ -54,6 +54,30 @@ def test_a_good_answer_places_the_features_in_full_image_pixels():
     result = step_for(Scripted(BOX))(TILE, PIXELS)
     assert len(result.raw_texts) == 1 and '"imageBBox":[234.0,10.0,244.0,20.0]' in result.raw_texts[0]
     assert len(result.merged) == 1
+
+
+def _boxes(*labels: str) -> dict[str, Any]:
+    return {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "id": f"b{i}", "geometry": None, "properties": {
+            "imageGeometry": {"type": "Polygon", "coordinates": [[[20 + i / 2, 10], [20 + i / 2, 30], [10 + i / 2, 30],
+                                                                  [10 + i / 2, 10], [20 + i / 2, 10]]]},
+            "imageBBox": [10 + i / 2, 10, 20 + i / 2, 30], "featureClasses": [{"iri": label, "score": 0.5 + i / 10}]}}
+        for i, label in enumerate(labels)]}
+
+
+@pytest.mark.parametrize("feature_properties", [
+    [], [{"team": "a"}], [{"featureClasses": [{"iri": "x", "score": 0.1}]}]])
+def test_the_tile_set_is_the_same_whether_columns_come_from_placing_or_parsing(feature_properties):
+    """Plain boxes give their merge columns straight from placing them; a request's feature properties that
+    replace featureClasses make the tile parse them from the finished features. Either way the tile's set
+    holds what parsing its finished features gives (here: overlapping boxes of two labels, NMS per label)."""
+    from modelrunner.features.featureset import FeatureSet
+    result = step_for(Scripted(_boxes("car", "bus", "car")), feature_properties=feature_properties)(TILE, PIXELS)
+    parsed = FeatureSet.of(result.merged.features(), result.merged.texts)
+    assert np.array_equal(result.merged.boxes, parsed.boxes) and result.merged.labels == parsed.labels
+    assert np.array_equal(result.merged.scores, parsed.scores)
+    assert len(result.raw_texts) == 3
+    assert len(result.merged) == (1 if feature_properties and "featureClasses" in feature_properties[0] else 2)
 
 
 @pytest.mark.parametrize("fault", [

@@ -12,6 +12,7 @@ import copy
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain, repeat
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ import shapely.errors
 import shapely.geometry
 
 from ..errors import FeatureError
+from .nms import POINT_PAD
 
 Feature = dict[str, Any]
 ToWorld = Callable[[np.ndarray], np.ndarray]
@@ -277,15 +279,16 @@ def _geolocate_rings(features: Sequence[Feature], to_world: ToWorld | None) -> N
 
 
 def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndarray, has_bbox: Sequence[bool],
-                 to_world: ToWorld | None) -> None:
+                 to_world: ToWorld | None) -> np.ndarray:
     """Round the (n, 5, 2) full-image rings into each feature's ``imageGeometry`` and, with a sensor model,
-    fill ``geometry``, ``bbox`` (from the (n, 4) ``bboxes`` where ``has_bbox``) and the centre lon/lat."""
+    fill ``geometry``, ``bbox`` (from the (n, 4) ``bboxes`` where ``has_bbox``) and the centre lon/lat.
+    Returns the rounded rings (what the features now hold)."""
     rings = np.round(rings, 6)
     for feature, ring in zip(features, rings.tolist(), strict=True):
         props = feature["properties"]
         props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[ring])
     if to_world is None:
-        return
+        return rings
     n = len(features)
     x, y = rings[:, :, 0], rings[:, :, 1]
     cross = x[:, :-1] * y[:, 1:] - x[:, 1:] * y[:, :-1]
@@ -294,58 +297,98 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
     safe = np.where(flat, 1.0, 6 * area)
     cx = np.where(flat, (x.min(axis=1) + x.max(axis=1)) / 2, ((x[:, :-1] + x[:, 1:]) * cross).sum(axis=1) / safe)
     cy = np.where(flat, (y.min(axis=1) + y.max(axis=1)) / 2, ((y[:, :-1] + y[:, 1:]) * cross).sum(axis=1) / safe)
-    corners = bboxes[:, _CORNERS].reshape(n, 4, 2)
-    world = to_world(np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)]))
-    world_rings = np.round(world[:5 * n], 6).reshape(n, 5, 3).tolist()
-    world_corners = world[5 * n:9 * n].reshape(n, 4, 3)
+    world_rings, world_corners, centres_xyz = _transform_once(rings, bboxes[:, _CORNERS].reshape(n, 4, 2),
+                                                              np.stack([cx, cy], axis=1), to_world)
+    world_rings = np.round(world_rings, 6).tolist()
     lon_min, lat_min = world_corners[:, :, 0].min(axis=1).tolist(), world_corners[:, :, 1].min(axis=1).tolist()
     lon_max, lat_max = world_corners[:, :, 0].max(axis=1).tolist(), world_corners[:, :, 1].max(axis=1).tolist()
-    centres = world[9 * n:, :2].tolist()
+    centres = centres_xyz[:, :2].tolist()
     for i, feature in enumerate(features):
         props = feature["properties"]
         feature["geometry"] = {"type": "Polygon", "coordinates": [world_rings[i]]}
         if has_bbox[i]:
             feature["bbox"] = [lon_min[i], lat_min[i], lon_max[i], lat_max[i]]
         props["center_longitude"], props["center_latitude"] = centres[i]
+    return rings
 
 
 _CORNERS = [0, 1, 2, 1, 2, 3, 0, 3]  # imageBBox -> its corners (x0, y0), (x1, y0), (x1, y1), (x0, y1)
 
 
-def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:
-    """:func:`to_image_features` then :func:`geolocate`, with the same results, in one pass for what box
-    detectors send (a 5-position 2-D ring in ``imageGeometry``, an optional 4-number ``imageBBox``): those
-    are moved, checked and geolocated as arrays; any other feature takes the general path.
+def _transform_once(rings: np.ndarray, corners: np.ndarray, centres: np.ndarray,
+                    to_world: ToWorld) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World positions of (n, 5, 2) rings, (n, 4, 2) box corners and (n, 2) centres, in one transform call
+    that sends each ring's first four vertices, its centre, and only those closing vertices and corners
+    that are not among the four already sent (a box's ring closes on its first vertex and its imageBBox
+    corners are its vertices: 5 points a feature instead of 10). A position is transformed exactly as
+    before, so the results are the same numbers."""
+    n = len(rings)
+    four = rings[:, :4]
+    open_ring = np.flatnonzero(~(rings[:, 4] == rings[:, 0]).all(axis=1))
+    match = (corners[:, :, None, :] == four[:, None, :, :]).all(axis=3)  # (n, corner, vertex)
+    apart = np.flatnonzero(~match.any(axis=2).all(axis=1))  # features with a corner that is no vertex
+    world = to_world(np.concatenate([four.reshape(-1, 2), centres, rings[open_ring, 4], corners[apart].reshape(-1, 2)]))
+    world_four = world[:4 * n].reshape(n, 4, 3)
+    world_rings = np.concatenate([world_four, world_four[:, :1]], axis=1)
+    at = 5 * n
+    world_rings[open_ring, 4] = world[at:at + len(open_ring)]
+    world_corners = np.take_along_axis(world_four, match.argmax(axis=2)[:, :, None], axis=1)
+    world_corners[apart] = world[at + len(open_ring):].reshape(-1, 4, 3)
+    return world_rings, world_corners, world[4 * n:5 * n]
 
-    The checks run as C-level passes over all features at once (``map`` over types, one array per kind of
-    value): this is per-feature work on every tile, while the model is being waited on for others.
+
+@dataclass(frozen=True)
+class BoxColumns:
+    """What the box merges read from a tile's features (pixel boxes, scores, labels; all of them boxes),
+    taken from the arrays the features were placed from: the same values
+    :func:`~.distill.box_columns` would parse out of the placed features again, without that second pass."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: list[str]
+
+
+def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None) -> list[Feature]:
+    """:func:`to_image_features` then :func:`geolocate`, with the same results (see :func:`place_tile`)."""
+    return place_tile(collection, col, row, to_world)[0]
+
+
+def place_tile(collection: Any, col: int, row: int,
+               to_world: ToWorld | None) -> tuple[list[Feature], BoxColumns | None]:
+    """A tile's features placed in the image and geolocated (:func:`to_image_features` then :func:`geolocate`,
+    with the same results), and their :class:`BoxColumns` when every feature is a plain box.
+
+    What box detectors send (a 5-position 2-D ring in ``imageGeometry``, an optional 4-number ``imageBBox``)
+    is moved, checked and geolocated as arrays; any other answer takes the general path (and gets no
+    columns). The checks run as C-level passes over all features at once (``map`` over types, one array
+    per kind of value): this is per-feature work on every tile, while the model is being waited on for others.
     """
     if not isinstance(collection, Mapping) or not isinstance(collection.get("features") or [], list):
-        return _place_slowly(collection, col, row, to_world)
+        return _place_slowly(collection, col, row, to_world), None
     raw = collection.get("features") or []
     if not raw:
-        return []
+        return [], None
     try:
         if not _only(raw, dict):
-            return _place_slowly(collection, col, row, to_world)
+            return _place_slowly(collection, col, row, to_world), None
         all_props = [source["properties"] for source in raw]
         if not _only(all_props, dict):
-            return _place_slowly(collection, col, row, to_world)
+            return _place_slowly(collection, col, row, to_world), None
         geometries = [props["imageGeometry"] for props in all_props]
         if not _only(geometries, dict) or {g["type"] for g in geometries} != {"Polygon"}:
-            return _place_slowly(collection, col, row, to_world)
+            return _place_slowly(collection, col, row, to_world), None
         bboxes = [props.get("imageBBox", _NO_BBOX) for props in all_props]
         coordinates = [geometry["coordinates"] for geometry in geometries]
         if not _nested_numbers(coordinates, 3) or not _nested_numbers(bboxes, 1):
-            return _place_slowly(collection, col, row, to_world)
+            return _place_slowly(collection, col, row, to_world), None
         ring_array = np.array(coordinates, dtype=np.float64)
         bbox_array = np.array(bboxes, dtype=np.float64)
     except (KeyError, TypeError, ValueError, OverflowError):  # a key missing, ragged arrays, ints > 1e308
-        return _place_slowly(collection, col, row, to_world)
+        return _place_slowly(collection, col, row, to_world), None
     n = len(raw)
     if (ring_array.shape != (n, 1, 5, 2) or bbox_array.shape != (n, 4) or not np.isfinite(ring_array).all()
             or not _plain_classes(all_props)):
-        return _place_slowly(collection, col, row, to_world)
+        return _place_slowly(collection, col, row, to_world), None
     ring_array = ring_array[:, 0] + (col, row)
     bbox_array += (col, row, col, row)
     shifted_bboxes = bbox_array.tolist()
@@ -358,8 +401,32 @@ def place_features(collection: Any, col: int, row: int, to_world: ToWorld | None
         if placed:
             props["imageBBox"] = shifted
         out.append(feature)
-    _place_rings(out, ring_array, bbox_array, has_bbox, to_world)
-    return out
+    rings = _place_rings(out, ring_array, bbox_array, has_bbox, to_world)
+    return out, _box_columns(rings, all_props)
+
+
+def _box_columns(rings: np.ndarray, all_props: list[dict[str, Any]]) -> BoxColumns | None:
+    """:class:`BoxColumns` of placed features from their rounded (n, 5, 2) rings, or None unless every
+    feature is what :func:`~.distill.box_columns` reads as a plain box: an axis-aligned rectangle (closed,
+    either winding, from any corner) with one ``featureClasses`` entry of a float score and a string iri."""
+    classes = [props["featureClasses"] for props in all_props]
+    if set(map(len, classes)) != {1}:
+        return None
+    entries = [entry[0] for entry in classes]
+    scores, iris = [entry.get("score") for entry in entries], [entry["iri"] for entry in entries]
+    if not _only(scores, float) or not _only(iris, str):
+        return None
+    x, y = rings[:, :, 0].T, rings[:, :, 1].T  # x[k], y[k]: vertex k of every ring
+    closed = (x[4] == x[0]) & (y[4] == y[0])
+    one_way = (x[1] == x[0]) & (y[1] == y[2]) & (x[3] == x[2]) & (y[3] == y[0])
+    other_way = (y[1] == y[0]) & (x[1] == x[2]) & (y[3] == y[2]) & (x[3] == x[0])
+    score_array = np.array(scores, dtype=np.float64)
+    if not (closed & (one_way | other_way)).all() or np.isnan(score_array).any():
+        return None
+    corners = rings[:, [0, 2]]
+    low, high = corners.min(axis=1), corners.max(axis=1)
+    high = np.where(high == low, low + POINT_PAD, high)
+    return BoxColumns(np.concatenate([low, high], axis=1), score_array, iris)
 
 
 _NO_BBOX = (0.0, 0.0, 0.0, 0.0)  # stands in for a missing imageBBox (never one a model sent: a fresh tuple)

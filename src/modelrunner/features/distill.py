@@ -42,6 +42,7 @@ from shapely.geometry.base import BaseGeometry
 from ..requests import ALGORITHMS, DistillationOption
 from .convert import Relocate, box_polygon
 from .nms import (
+    POINT_PAD,
     FloatArray,
     IntArray,
     canonical_order,
@@ -58,9 +59,6 @@ from .nms import (
 )
 
 __all__ = ["POINT_PAD", "box_columns", "distill"]
-
-POINT_PAD = 0.1
-"""Pixels added to a zero width or height, so Points and degenerate boxes have an area and can match."""
 
 # Parsing features ------------------------------------------------------------------------------------
 

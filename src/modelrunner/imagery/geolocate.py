@@ -130,8 +130,9 @@ class Geolocator:
         with self._lock:
             if self._transformer is None:
                 raise ImageError("the image's geolocator is closed")
-            out, ok = self._transformer.TransformPoints(0, points)
-            # A list of (x, y, z) tuples: read as one flat run, twice as fast as np.asarray on the tuples.
+            # The bindings read a list of lists faster than an array (0.13 against 0.24 ms for 900 points), and
+            # give a list of (x, y, z) tuples: read as one flat run, twice as fast as np.asarray on the tuples.
+            out, ok = self._transformer.TransformPoints(0, points.tolist())
             result = np.fromiter(chain.from_iterable(out), np.float64, count=3 * len(out)).reshape(-1, 3)
             if all(ok) and self._elevation is not None:
                 result[:, 2] = self._elevation.heights(result[:, :2])

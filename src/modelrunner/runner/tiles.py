@@ -21,7 +21,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import FeatureError, InferenceError
-from ..features.convert import Feature, ToWorld, finish, geolocate, image_shape, place_features, to_image_features
+from ..features.convert import (
+    BoxColumns,
+    Feature,
+    ToWorld,
+    finish,
+    geolocate,
+    image_shape,
+    place_tile,
+    to_image_features,
+)
 from ..features.featureset import FeatureSet, feature_text
 from ..features.seams import merge_set
 from ..imagery.encode import encode_tile
@@ -48,6 +57,11 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based): uniform in [0, min(max, base * 2^(n-1))]."""
         return float(rng() * min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1)))
+
+
+#: The feature properties :class:`BoxColumns` are read from: a request's feature properties that set one of
+#: them (they are applied after placing) make the tile's columns be parsed from the finished features.
+_COLUMN_SOURCES = frozenset({"imageGeometry", "imageBBox", "featureClasses"})
 
 
 class TileFailed(Exception):
@@ -101,13 +115,15 @@ class TileStep:
             pixels = self.radiometry.apply(pixels)
         payload = self._encode(pixels, self.tile_format, self.tile_compression,
                                self.georef.for_chip(tile.col, tile.row) if self.georef else None)
-        features = self._detect(tile, payload)
-        tile_set = FeatureSet.of(features, texts := [feature_text(f) for f in features])
+        features, columns = self._detect(tile, payload)
+        texts = [feature_text(f) for f in features]
+        tile_set = FeatureSet.of(features, texts) if columns is None else \
+            FeatureSet(texts, columns.boxes, columns.scores, columns.labels, np.ones(len(texts), dtype=bool))
         if self.option.algorithm_type == "SOFT_NMS":  # decayed once, at completion
             return TileResult(texts, tile_set)
         return TileResult(texts, merge_set(tile_set, self.option, self.relocate, features))
 
-    def _detect(self, tile: Tile, payload: bytes) -> list[Feature]:
+    def _detect(self, tile: Tile, payload: bytes) -> tuple[list[Feature], BoxColumns | None]:
         """Call the model and place its features, retrying any failure up to the attempt limit."""
         attempt = 0
         while True:
@@ -155,20 +171,25 @@ class TileStep:
         finally:
             self.limit.release(token, throttled)
 
-    def _features(self, tile: Tile, answer: Any, inference_dt: str) -> list[Feature]:
+    def _features(self, tile: Tile, answer: Any, inference_dt: str) -> tuple[list[Feature], BoxColumns | None]:
+        """The tile's features, finished, and their box columns when all are plain boxes (and the request's
+        feature properties replace none of what the columns were read from)."""
         found = answer.get("features") if isinstance(answer, dict) else None
         if isinstance(found, list) and len(found) > self.max_features:
             raise InferenceError(f"the model answered {len(found):,} features for one tile, more than this worker "
                                  f"accepts (MR_MAX_FEATURES_PER_TILE = {self.max_features:,})", retriable=False)
+        columns: BoxColumns | None = None
         if self.plan.roi is None:
-            features = place_features(answer, tile.col, tile.row, self.to_world)
+            features, columns = place_tile(answer, tile.col, tile.row, self.to_world)
         else:
             features = to_image_features(answer, tile.col, tile.row)
             features = [f for f in features if self.plan.keeps_feature(image_shape(f["properties"]))]
             geolocate(features, self.to_world)
         finish(features, job_id=self.job_id, inference_dt=inference_dt, feature_properties=self.feature_properties,
                source_metadata=self.source_metadata)
-        return features
+        if any(_COLUMN_SOURCES.intersection(extra) for extra in self.feature_properties):
+            columns = None
+        return features, columns
 
     @staticmethod
     def _reason(err: Exception, attempt: int) -> str:

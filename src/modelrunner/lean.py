@@ -27,7 +27,7 @@ The rules every fast path keeps:
 
 from __future__ import annotations
 
-import base64
+import binascii
 import threading
 import urllib.parse
 import urllib.request
@@ -101,7 +101,7 @@ class SignedPath:
 def _blob_text(value: Any) -> str:
     """orjson's fallback for what it does not encode: bytes are base64 (the JSON protocol's blobs)."""
     if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(value).decode("ascii")
+        return binascii.b2a_base64(value, newline=False).decode("ascii")  # base64.b64encode, one call less
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

@@ -43,7 +43,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
@@ -108,8 +108,10 @@ def retry_bound(records: int, nbytes: int) -> float:
                                                          nbytes / SHARD_BYTES_PER_SECOND)
 
 
-@dataclass(frozen=True)
-class _Record:
+class _Record(NamedTuple):
+    """One record to put (a tuple: a job makes one per feature, and a frozen dataclass costs a microsecond
+    more to build)."""
+
     label: str
     data: bytes
     key: str
@@ -327,17 +329,23 @@ class _Batches:
 
     def __init__(self, settings: _Sending, shards: _ShardMap, per_call: int) -> None:
         self.settings, self.shards, self.per_call = settings, shards, per_call
+        self.single = len(shards) == 1
         self.senders: dict[int, _ShardSender] = {}
         self.pending: dict[int, list[_Record]] = {}
         self.pending_bytes: dict[int, int] = {}
 
     def add(self, record: _Record) -> None:
-        shard = self.shards.shard_of(record.key)
+        shard = 0 if self.single else self.shards.shard_of(record.key)
         batch = self.pending.get(shard)
-        if batch and (len(batch) >= self.per_call or self.pending_bytes[shard] + record.size > CALL_BYTES):
+        if batch is None:
+            batch = self.pending[shard] = []
+            self.pending_bytes[shard] = 0
+        elif len(batch) >= self.per_call or self.pending_bytes[shard] + record.size > CALL_BYTES:
             self._send(shard)
-        self.pending.setdefault(shard, []).append(record)
-        self.pending_bytes[shard] = self.pending_bytes.get(shard, 0) + record.size
+            batch = self.pending[shard] = []
+            self.pending_bytes[shard] = 0
+        batch.append(record)
+        self.pending_bytes[shard] += record.size
 
     def flush(self) -> None:
         for shard in list(self.pending):
@@ -528,22 +536,32 @@ def _records(features: Iterable[dict[str, Any] | str], output: KinesisOutput, jo
     chunk_size = checkpoint.chunk_features if checkpoint is not None else 1 << 62
     encode = _Encoder(output.partition_key, job_id, tile_stride, progress)
     group = _Group(output.features_per_record, by_key=output.partition_key == "tile")
-    chunk, index = 0, -1
+    one_each = output.features_per_record == 1
+    chunk, index, chunk_end = 0, -1, chunk_size
     for index, feature in enumerate(features):
-        if index // chunk_size != chunk:
-            yield from group.take(progress)
+        if index >= chunk_end:
+            if group.texts:
+                yield group.take(progress)
             progress.close_chunk(chunk)
             chunk = index // chunk_size
+            chunk_end = (chunk + 1) * chunk_size
         if chunk in skip:
-            yield _Record(label="", data=b"", key="", size=0, features=1, chunk=chunk)
+            yield _Record("", b"", "", 0, 1, chunk)
             continue
         encoded = encode(feature, index, chunk)
         if encoded is None:
             continue
-        if group.full_for(*encoded[1:]):
-            yield from group.take(progress)
-        group.add(*encoded, chunk=chunk)
-    yield from group.take(progress)
+        if one_each:  # the default: a record per feature, built here without gathering
+            progress.expect(chunk, 1)
+            label, text, key = encoded
+            data = _HEAD + text + _TAIL
+            yield _Record(label, data, key, len(data) + _key_bytes(key), 1, chunk)
+            continue
+        if group.texts and group.full_for(encoded[1], encoded[2]):
+            yield group.take(progress)
+        group.add(encoded[0], encoded[1], encoded[2], chunk)
+    if group.texts:
+        yield group.take(progress)
     if index >= 0:
         progress.close_chunk(chunk)
 
@@ -560,16 +578,19 @@ class _Encoder:
 
     def __post_init__(self) -> None:
         self.prefix = self.job_id if len(self.job_id) <= 200 else hashlib.sha256(self.job_id.encode()).hexdigest()
+        self.frame = len(_HEAD) + len(_TAIL)
 
     def __call__(self, feature: dict[str, Any] | str, index: int, chunk: int) -> tuple[str, bytes, str] | None:
-        label = feature_label(feature, index)
+        # The job's features are texts (one per record by default): their label is their position.
+        label = f"#{index}" if type(feature) is str else feature_label(feature, index)
         try:
-            text = feature_json(feature).encode("utf-8")
+            text = (feature if type(feature) is str else feature_json(feature)).encode("utf-8")
         except (TypeError, ValueError) as err:
             self._failed(label, chunk, f"feature {label} cannot be serialised as JSON: {err}")
             return None
-        key = _partition_key(self.kind, self.job_id, self.prefix, text, self.tile_stride, index)
-        one_size = len(_HEAD) + len(text) + len(_TAIL) + len(key.encode("utf-8"))
+        key = self.job_id if self.kind == "jobId" else \
+            _partition_key(self.kind, self.job_id, self.prefix, text, self.tile_stride, index)
+        one_size = self.frame + len(text) + _key_bytes(key)
         if one_size > MAX_RECORD_BYTES:
             self._failed(label, chunk, f"feature {label} is {one_size:,} bytes as a Kinesis record (data + "
                                        f"partition key), over the {MAX_RECORD_BYTES:,}-byte record limit; not sent")
@@ -594,31 +615,35 @@ class _Group:
     chunk: int = 0
 
     def full_for(self, text: bytes, key: str) -> bool:
-        """Whether ``text`` (with partition key ``key``) must start a record of its own."""
-        if not self.texts:
-            return False
+        """Whether ``text`` (with partition key ``key``) must start a record of its own (called with
+        features gathered only)."""
+        if len(self.texts) >= self.per_record or (self.by_key and key != self.key):
+            return True
         grown = (len(_HEAD) + self.body + len(_SEPARATOR) * len(self.texts) + len(text) + len(_TAIL)
                  + len(self.key.encode()))
-        return len(self.texts) >= self.per_record or grown > MAX_RECORD_BYTES or (self.by_key and key != self.key)
+        return grown > MAX_RECORD_BYTES
 
-    def add(self, label: str, text: bytes, key: str, *, chunk: int) -> None:
+    def add(self, label: str, text: bytes, key: str, chunk: int) -> None:
         if not self.texts:
             self.key, self.chunk = key, chunk
         self.texts.append(text)
         self.labels.append(label)
         self.body += len(text)
 
-    def take(self, progress: _Progress) -> Iterator[_Record]:
-        """The record of the features gathered (none when there are none), expected by ``progress``."""
-        if not self.texts:
-            return
-        progress.expect(self.chunk, len(self.texts))
-        data = _HEAD + _SEPARATOR.join(self.texts) + _TAIL
-        labels = self.labels
+    def take(self, progress: _Progress) -> _Record:
+        """The record of the features gathered (called with some gathered), expected by ``progress``."""
+        texts, labels = self.texts, self.labels
+        progress.expect(self.chunk, len(texts))
+        data = _HEAD + texts[0] + _TAIL if len(texts) == 1 else _HEAD + _SEPARATOR.join(texts) + _TAIL
         label = labels[0] if len(labels) == 1 else f"{labels[0]}..{labels[-1]}"
-        yield _Record(label=label, data=data, key=self.key, size=len(data) + len(self.key.encode("utf-8")),
-                      features=len(self.texts), chunk=self.chunk)
+        record = _Record(label, data, self.key, len(data) + _key_bytes(self.key), len(texts), self.chunk)
         self.texts, self.labels, self.body = [], [], 0
+        return record
+
+
+def _key_bytes(key: str) -> int:
+    """A partition key's length in UTF-8 bytes (what Kinesis counts), without encoding an ASCII key."""
+    return len(key) if key.isascii() else len(key.encode("utf-8"))
 
 
 def _partition_key(kind: str, job_id: str, prefix: str, text: bytes, tile_stride: int, index: int) -> str:

@@ -187,10 +187,17 @@ class _JsonOperation:
         teaches nothing, so the fast path never sends what a test meant for a stub to the real service."""
         url = getattr(self._learning, "url", None)
         self._learning.on, self._learning.url = False, None
-        if url is not None and isinstance(getattr(http_response, "raw", None), urllib3.BaseHTTPResponse):
+        if url is not None and sent_over_http(http_response):
             with self._lock:
                 if self.url is None:
                     self.url = url
+
+
+def sent_over_http(http_response: Any) -> bool:
+    """Whether botocore's answer to a call came over HTTP (a urllib3 response under it), rather than being
+    made in-process by a stand-in that hooks ``before-send`` (moto's ``mock_aws``, a test's stub): only a
+    call that was really sent shows which URL the fast path may send to."""
+    return isinstance(getattr(http_response, "raw", None), urllib3.BaseHTTPResponse)
 
 
 def _method_name(client: Any, operation: str) -> str:

@@ -6,6 +6,7 @@ and answers from a script of (status, headers, body), repeating the last entry.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
+from botocore.awsrequest import AWSRequest, AWSResponse
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, EndpointConnectionError
@@ -209,3 +210,29 @@ def test_no_fast_path_where_botocore_would_send_differently(server: tuple[str, R
     assert lean.fast and "x-amzn-sagemaker-session-id" in recorder.requests[-1][1]
     assert "lean-invoke" in recorder.requests[-1][1]["user-agent"]
     assert lean.meta.endpoint_url == url  # anything else is the client's
+
+
+class _InProcess(io.BytesIO):
+    """An answer body made in-process, as moto's ``mock_aws`` makes them (no HTTP response under it)."""
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.getvalue()
+
+
+def test_an_answer_made_in_process_never_teaches_the_fast_path(server: tuple[str, Recorder]):
+    """A stand-in that answers from a ``before-send`` hook (moto's ``mock_aws`` does) shows botocore's URL
+    but sends nothing: the invoker keeps checking through botocore and never sends a call itself to that
+    URL (which, under a test's stub, would be the real service)."""
+    url, recorder = server
+    lean = LeanInvoker(client(url))
+    stubbed: list[str] = []
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        stubbed.append(request.url)
+        return AWSResponse(request.url, 200, {"Content-Type": "application/json"}, _InProcess(ANSWER))
+
+    lean.meta.events.register("before-send.sagemaker-runtime.InvokeEndpoint", answer)
+    for _ in range(3):
+        assert lean.invoke_endpoint(**CALLS[0])["Body"].read() == ANSWER
+    assert len(stubbed) == 3 and recorder.requests == []
+    assert lean.fast and not lean.checked

@@ -297,12 +297,16 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
     safe = np.where(flat, 1.0, 6 * area)
     cx = np.where(flat, (x.min(axis=1) + x.max(axis=1)) / 2, ((x[:, :-1] + x[:, 1:]) * cross).sum(axis=1) / safe)
     cy = np.where(flat, (y.min(axis=1) + y.max(axis=1)) / 2, ((y[:, :-1] + y[:, 1:]) * cross).sum(axis=1) / safe)
-    world_rings, world_corners, centres_xyz = _transform_once(rings, bboxes[:, _CORNERS].reshape(n, 4, 2),
-                                                              np.stack([cx, cy], axis=1), to_world)
-    world_rings = np.round(world_rings, 6).tolist()
+    corners = bboxes[:, _CORNERS].reshape(n, 4, 2)
+    # Each feature's ten positions go to GDAL as they are: sending each distinct position once (a box's ring
+    # closes on its first vertex, its imageBBox corners are its vertices) saved a third of the transform
+    # call and cost as much again in the numpy work of finding them.
+    world = to_world(np.concatenate([rings.reshape(-1, 2), corners.reshape(-1, 2), np.stack([cx, cy], axis=1)]))
+    world_rings = np.round(world[:5 * n], 6).reshape(n, 5, 3).tolist()
+    world_corners = world[5 * n:9 * n].reshape(n, 4, 3)
     lon_min, lat_min = world_corners[:, :, 0].min(axis=1).tolist(), world_corners[:, :, 1].min(axis=1).tolist()
     lon_max, lat_max = world_corners[:, :, 0].max(axis=1).tolist(), world_corners[:, :, 1].max(axis=1).tolist()
-    centres = centres_xyz[:, :2].tolist()
+    centres = world[9 * n:, :2].tolist()
     for i, feature in enumerate(features):
         props = feature["properties"]
         feature["geometry"] = {"type": "Polygon", "coordinates": [world_rings[i]]}
@@ -314,27 +318,6 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
 
 _CORNERS = [0, 1, 2, 1, 2, 3, 0, 3]  # imageBBox -> its corners (x0, y0), (x1, y0), (x1, y1), (x0, y1)
 
-
-def _transform_once(rings: np.ndarray, corners: np.ndarray, centres: np.ndarray,
-                    to_world: ToWorld) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World positions of (n, 5, 2) rings, (n, 4, 2) box corners and (n, 2) centres, in one transform call
-    that sends each ring's first four vertices, its centre, and only those closing vertices and corners
-    that are not among the four already sent (a box's ring closes on its first vertex and its imageBBox
-    corners are its vertices: 5 points a feature instead of 10). A position is transformed exactly as
-    before, so the results are the same numbers."""
-    n = len(rings)
-    four = rings[:, :4]
-    open_ring = np.flatnonzero(~(rings[:, 4] == rings[:, 0]).all(axis=1))
-    match = (corners[:, :, None, :] == four[:, None, :, :]).all(axis=3)  # (n, corner, vertex)
-    apart = np.flatnonzero(~match.any(axis=2).all(axis=1))  # features with a corner that is no vertex
-    world = to_world(np.concatenate([four.reshape(-1, 2), centres, rings[open_ring, 4], corners[apart].reshape(-1, 2)]))
-    world_four = world[:4 * n].reshape(n, 4, 3)
-    world_rings = np.concatenate([world_four, world_four[:, :1]], axis=1)
-    at = 5 * n
-    world_rings[open_ring, 4] = world[at:at + len(open_ring)]
-    world_corners = np.take_along_axis(world_four, match.argmax(axis=2)[:, :, None], axis=1)
-    world_corners[apart] = world[at + len(open_ring):].reshape(-1, 4, 3)
-    return world_rings, world_corners, world[4 * n:5 * n]
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSRequest
 
-from ..lean import SignedPath
+from ..lean import SignedPath, sent_over_http
 
 OPERATION = "InvokeEndpoint"
 
@@ -50,8 +50,9 @@ class LeanInvoker:
         self.checked = False  # whether a call through botocore has shown that its URL is the one built here
         self._expected = threading.local()  # per thread: the URL its checking call should be sent to
         # Registered once, here (not per call: registering while other threads emit is not safe).
-        client.meta.events.register(f"before-send.{client.meta.service_model.service_id.hyphenize()}.{OPERATION}",
-                                    self._check_url)
+        service = client.meta.service_model.service_id.hyphenize()
+        client.meta.events.register(f"before-send.{service}.{OPERATION}", self._check_url)
+        client.meta.events.register(f"after-call.{service}.{OPERATION}", self._confirm)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -92,22 +93,38 @@ class LeanInvoker:
     def _checking_call(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """``invoke_endpoint`` through botocore, its URL compared with :meth:`url`'s (:meth:`_check_url`)."""
         self._expected.url = self.url(kwargs)
+        self._expected.same = False
         try:
             return self._botocore(kwargs)
         finally:
             self._expected.url = None
+            self._expected.same = False
 
     def _check_url(self, request: Any, **_: Any) -> None:
         """botocore's ``before-send`` hook: on a checking call's first attempt, a URL other than the one
-        built here turns the fast path off; either way the check is done."""
+        built here turns the fast path off for good; the same URL is confirmed by :meth:`_confirm`."""
         expected = getattr(self._expected, "url", None)
         if expected is None:
             return
         self._expected.url = None
+        if request.url == expected:
+            self._expected.same = True
+            return
         with self._lock:
-            if request.url != expected:
-                self.fast = False
+            self.fast = False
             self.checked = True
+
+    def _confirm(self, http_response: Any, **_: Any) -> None:
+        """botocore's ``after-call`` hook: the check is done once a call to the same URL came back over
+        HTTP. An answer made in-process (moto's ``mock_aws``, a test's own ``before-send`` stub) proves
+        nothing, so the next call checks again and the fast path never sends what a test meant for a stub
+        to the service."""
+        if not getattr(self._expected, "same", False):
+            return
+        self._expected.same = False
+        if sent_over_http(http_response):
+            with self._lock:
+                self.checked = True
 
 
 def _header_members(shape: Any) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 
 from modelrunner.features.distill import distill
 from modelrunner.features.featureset import FeatureSet, PackedFeatureSet
-from modelrunner.features.seams import merge_packed, merge_seams, merge_set
+from modelrunner.features.seams import merge_packed, merge_seams, merge_set, merge_tiles
 from modelrunner.requests import DistillationOption
 from tiled_detections import box_feature
 
@@ -115,3 +115,38 @@ def test_edge_truncation_makes_one_feature_per_object_across_a_seam(algorithm):
     # At the job level the parts are regions, stored packed: the same selection.
     packed = [(w, PackedFeatureSet.pack(p, 4096)) for w, p in parts]
     assert sorted(merge_packed(packed, option)) == sorted(merged.texts)
+
+
+def _crowded_tile(rng: random.Random, tile: int, size: int) -> FeatureSet:
+    """A tile's detections with many duplicates and exact ties: equal scores, equal boxes, equal texts."""
+    features = []
+    for n in range(size):
+        if features and rng.random() < 0.2:  # an exact copy (same id: the same text), or the same box again
+            copy = json.loads(json.dumps(rng.choice(features)))
+            if rng.random() < 0.5:
+                copy["id"] = f"f{tile}-{n}"
+            features.append(copy)
+            continue
+        features.append(box_feature(tile * 1000 + n, rng.choice([0, 5, 10]), rng.choice([0, 5]), rng.choice([10, 20]),
+                                    20, rng.choice([0.5, 0.7, 0.9]), rng.choice("ab")))
+    rng.shuffle(features)
+    return FeatureSet.of(features)
+
+
+@pytest.mark.parametrize("option", [
+    DistillationOption(), DistillationOption(iou_threshold=0.3), DistillationOption(class_agnostic=True),
+    DistillationOption(iou_threshold=0.5, match_metric="IOS"), DistillationOption(algorithm_type="NMM"),
+    DistillationOption(algorithm_type="GREEDYNMM", iou_threshold=0.3)], ids=str)
+def test_tiles_merged_at_once_are_each_what_merging_it_alone_gives(option):
+    """merge_tiles gives each set exactly merge_set's result (the same texts in the same order), whether the
+    sets go through its one NMS (boxes of the same place in different sets are never compared) or not."""
+    rng = random.Random(7)
+    sets = [_crowded_tile(rng, tile, rng.choice([0, 1, 2, 30, 60])) for tile in range(12)]
+    sets.append(FeatureSet.of([{"type": "Feature", "properties": {"imageGeometry": {
+        "type": "Polygon", "coordinates": [[[0, 0], [9, 1], [8, 9], [0, 0]]]}}}, box_feature(1, 0, 0, 9, 9, 0.5, "a")]))
+    merged = merge_tiles(sets, option)
+    assert [m.texts for m in merged] == [merge_set(s, option).texts for s in sets]
+    for m, s in zip(merged, sets, strict=True):
+        alone = merge_set(s, option)
+        assert (m.boxes == alone.boxes).all() and list(m.scores) == list(alone.scores) and m.labels == alone.labels
+    assert sum(map(len, merged)) < sum(map(len, sets)), "the tiles held duplicates"

@@ -72,12 +72,15 @@ def test_the_tile_set_is_the_same_whether_columns_come_from_placing_or_parsing(f
     replace featureClasses make the tile parse them from the finished features. Either way the tile's set
     holds what parsing its finished features gives (here: overlapping boxes of two labels, NMS per label)."""
     from modelrunner.features.featureset import FeatureSet
+    from modelrunner.features.seams import merge_tiles
     result = step_for(Scripted(_boxes("car", "bus", "car")), feature_properties=feature_properties)(TILE, PIXELS)
     parsed = FeatureSet.of(result.merged.features(), result.merged.texts)
     assert np.array_equal(result.merged.boxes, parsed.boxes) and result.merged.labels == parsed.labels
     assert np.array_equal(result.merged.scores, parsed.scores)
     assert len(result.raw_texts) == 3
-    assert len(result.merged) == (1 if feature_properties and "featureClasses" in feature_properties[0] else 2)
+    assert result.merge_later, "NMS on boxes: merged with the region's other tiles"
+    merged = merge_tiles([result.merged], DistillationOption())[0]
+    assert len(merged) == (1 if feature_properties and "featureClasses" in feature_properties[0] else 2)
 
 
 @pytest.mark.parametrize("fault", [

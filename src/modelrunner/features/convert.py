@@ -361,15 +361,11 @@ def place_tile(collection: Any, col: int, row: int,
         if not _only(geometries, dict) or {g["type"] for g in geometries} != {"Polygon"}:
             return _place_slowly(collection, col, row, to_world), None
         bboxes = [props.get("imageBBox", _NO_BBOX) for props in all_props]
-        coordinates = [geometry["coordinates"] for geometry in geometries]
-        if not _nested_numbers(coordinates, 3) or not _nested_numbers(bboxes, 1):
-            return _place_slowly(collection, col, row, to_world), None
-        ring_array = np.array(coordinates, dtype=np.float64)
-        bbox_array = np.array(bboxes, dtype=np.float64)
-    except (KeyError, TypeError, ValueError, OverflowError):  # a key missing, ragged arrays, ints > 1e308
+        ring_array = _number_array([geometry["coordinates"] for geometry in geometries], (1, 5, 2))
+        bbox_array = _number_array(bboxes, (4,))
+    except (KeyError, TypeError, ValueError, OverflowError):  # a key missing, ints > 1e308
         return _place_slowly(collection, col, row, to_world), None
-    n = len(raw)
-    if (ring_array.shape != (n, 1, 5, 2) or bbox_array.shape != (n, 4) or not np.isfinite(ring_array).all()
+    if (ring_array is None or bbox_array is None or not np.isfinite(ring_array).all()
             or not _plain_classes(all_props)):
         return _place_slowly(collection, col, row, to_world), None
     ring_array = ring_array[:, 0] + (col, row)
@@ -420,14 +416,20 @@ def _only(values: Iterable[Any], *types: type) -> bool:
     return set(map(type, values)) <= set(types)
 
 
-def _nested_numbers(values: list[Any], depth: int) -> bool:
-    """``values`` nest lists (or tuples) ``depth`` levels deep down to ints and floats only (booleans,
-    strings and nulls, which numpy would turn into numbers or NaN, send a feature to the general path)."""
-    for _ in range(depth):
-        if not _only(values, list, tuple):
-            return False
+def _number_array(values: list[Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    """``values`` as a float array of shape ``(len(values), *shape)`` when they nest lists (or tuples) of
+    exactly those lengths down to ints and floats only; else None (booleans, strings and nulls, which numpy
+    would turn into numbers or NaN, and ragged or deeper nesting send a tile to the general path).
+
+    One level at a time over all features (a type pass, a length pass, a flatten), then one array from the
+    flat numbers: about half of what checking the nesting and then letting numpy discover it again costs."""
+    for size in shape:
+        if not _only(values, list, tuple) or not set(map(len, values)) <= {size}:
+            return None
         values = list(chain.from_iterable(values))
-    return _only(values, int, float)
+    if not _only(values, int, float):
+        return None
+    return np.array(values, dtype=np.float64).reshape(-1, *shape)
 
 
 def _plain_classes(all_props: list[dict[str, Any]]) -> bool:

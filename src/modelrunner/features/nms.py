@@ -336,10 +336,10 @@ def _order(
     only sorts the rare runs still tied on both by the remaining keys.
     """
     n = scores.size
-    keys = [float_key(scores, descending=True), float_key(x1)]
+    by = [float_key(scores, descending=True), float_key(x1)]
     # The radix passes cost a fixed 50 us or so; below a few thousand boxes (a tile's) a comparison sort of
     # the same keys is faster, and gives the same stable order.
-    order = np.lexsort(keys[::-1]) if n <= _LEXSORT_BELOW else radix_argsort(keys)
+    order = np.lexsort(by[::-1]) if n <= _LEXSORT_BELOW else radix_argsort(by)
     if n < 2:
         return order
     s, x = scores[order], x1[order]

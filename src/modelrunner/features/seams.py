@@ -25,7 +25,7 @@ from ..requests import DistillationOption
 from .convert import Relocate
 from .distill import distill
 from .featureset import FeatureSet, JobFeatures, PackedFeatureSet, feature_text
-from .nms import nms_indices, truncated_at_edges
+from .nms import canonical_order, nms_indices, truncated_at_edges
 
 Window = tuple[float, float, float, float]  # minx, miny, maxx, maxy in full-image pixels
 
@@ -107,6 +107,50 @@ def _merge_near(parts: Sequence[tuple[Window, FeatureSet | PackedFeatureSet]], o
     return near_masks, merge_set(FeatureSet.concat(seam), option, relocate, truncated=truncated)
 
 
+def on_columns(features: FeatureSet, option: DistillationOption) -> bool:
+    """Whether :func:`merge_set` merges ``features`` on their columns alone (NMS, boxes only; no edge cuts),
+    so that :func:`merge_tiles` can merge it together with other sets."""
+    return option.algorithm_type == "NMS" and bool(features.is_box.all())
+
+
+def merge_tiles(sets: Sequence[FeatureSet], option: DistillationOption) -> list[FeatureSet]:
+    """Each set merged inside itself, exactly as :func:`merge_set` merges it on its own, in one NMS over all
+    of them: a region's tiles, after their last tile came back.
+
+    One call over the region's boxes instead of one per tile: the NMS's fixed cost (its sorts, its grid, a
+    few dozen numpy calls) is paid once instead of a thousand times, a quarter of the per-tile cost at a
+    hundred boxes a tile. Boxes of different sets are never compared (each set's labels are groups of their
+    own); within a set, boxes are visited in :func:`merge_set`'s order (score, box, label, then the text) and
+    the kept ones come out in its order (by text). Sets that :func:`on_columns` rejects are merged on their own.
+    """
+    out = list(sets)
+    batch = []
+    for i, features in enumerate(sets):
+        if len(features) and on_columns(features, option):
+            batch.append(i)
+        elif len(features):
+            out[i] = merge_set(features, option)
+    if not batch:
+        return out
+    union = FeatureSet.concat([sets[i] for i in batch])
+    sizes = [len(sets[i]) for i in batch]
+    group = np.repeat(np.arange(len(batch), dtype=np.int64), sizes)
+    if not option.class_agnostic:
+        names, codes = np.unique(np.array(union.labels, dtype=object), return_inverse=True)
+        group = group * len(names) + codes.reshape(-1)
+    texts = union.texts
+    order = canonical_order(union.boxes, union.scores, group, lambda members: [texts[k] for k in members.tolist()])
+    kept = np.zeros(len(union), dtype=bool)
+    kept[nms_indices(union.boxes, union.scores, group, option.iou_threshold, option.match_metric, order)] = True
+    start = 0
+    for i, size in zip(batch, sizes, strict=True):
+        picks = np.flatnonzero(kept[start:start + size]).tolist()
+        tile_texts = sets[i].texts
+        out[i] = sets[i].take(np.array(sorted(picks, key=tile_texts.__getitem__), dtype=np.int64))
+        start += size
+    return out
+
+
 def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relocate | None = None,
               features: Sequence[dict[str, Any]] | None = None, *, truncated: np.ndarray | None = None) -> FeatureSet:
     """Merge every feature of one set with every other (:func:`~.distill.distill`'s selection).
@@ -118,7 +162,7 @@ def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relo
     if not len(candidates):
         return candidates
     edge_cases = truncated is not None and bool(truncated.any()) and option.edge_truncation != "NONE"
-    if option.algorithm_type == "NMS" and candidates.is_box.all() and not edge_cases:
+    if on_columns(candidates, option) and not edge_cases:
         # Ties beyond score, box and label are broken by the text, never by arrival order.
         by_text = np.argsort(np.array(candidates.texts, dtype=object), kind="stable")
         ordered = candidates.take(by_text)

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ..errors import EndpointBusy, ModelRunnerError
 from ..features.convert import relocator
 from ..features.featureset import FeatureSet
-from ..features.seams import Window, merge_seams
+from ..features.seams import Window, merge_seams, merge_tiles
 from ..imagery.context import ImageContext
 from ..imagery.grid import Tile
 from ..imagery.radiometry import TileRadiometry, plan_radiometry
@@ -224,9 +224,10 @@ def _run_tiles(services: Services, region: RegionRequest, request: ImageRequest,
     ``request``: the job's request (its ROI, merge, feature properties and georegistration); ``job``: its
     row (the image's stored tile radiometry).
 
-    Everything per feature happens in the tile threads (placing, geolocating, serialising, merging inside
-    the tile), while the model is being waited on for other tiles; the region keeps only compact
-    :class:`FeatureSet` s and merges them across the tile seams at the end.
+    Everything per feature happens in the tile threads (placing, geolocating, serialising; merging inside
+    the tile unless it is NMS on boxes), while the model is being waited on for other tiles; the region
+    keeps only compact :class:`FeatureSet` s, merges those left inside their tiles in one NMS, and merges
+    them all across the tile seams at the end.
     """
     concurrency = concurrency or services.settings.workers
     limit = services.limit(region)
@@ -240,6 +241,9 @@ def _run_tiles(services: Services, region: RegionRequest, request: ImageRequest,
         collector = _TileCollector(services, region, total=sum(len(row) for row in tiles_by_row))
         collector.run(step, _strips(image.source, tiles_by_row), concurrency, abort)
     result, parts = collector.result, collector.parts
+    later = merge_tiles([parts[i][1] for i in collector.merge_later], request.distillation)
+    for i, merged in zip(collector.merge_later, later, strict=True):
+        parts[i] = (parts[i][0], merged)
     if rerun is not None:  # the earlier result is one more part of the region's seam merge
         (top, left), (width, height) = region.region_bounds
         parts.append(((left, top, left + width, top + height), rerun.prior))
@@ -291,6 +295,7 @@ class _TileCollector:
         self.services, self.region = services, region
         self.result = RegionResult(total=total)
         self.parts: list[tuple[Window, FeatureSet]] = []
+        self.merge_later: list[int] = []  # the parts still to be merged inside themselves (merge_tiles)
         self._last_progress = time.monotonic()
 
     def run(self, step: TileStep, works: Iterator[_TileWork], concurrency: int,
@@ -339,6 +344,8 @@ class _TileCollector:
         tile_id = f"{tile.ix}:{tile.ix}:{tile.iy}:{tile.iy}"
         raw_writer.add(services.features.raw_items(region.image_id, region.region_id, tile_id,
                                                    tile_result.raw_texts))
+        if tile_result.merge_later:
+            self.merge_later.append(len(self.parts))
         self.parts.append(((tile.col, tile.row, tile.col + tile.width, tile.row + tile.height), tile_result.merged))
         if time.monotonic() - self._last_progress > PROGRESS_EVERY_S:
             services.regions.progress(region.image_id, region.region_id, result.total, len(result.succeeded),

@@ -32,7 +32,7 @@ from ..features.convert import (
     to_image_features,
 )
 from ..features.featureset import FeatureSet, feature_text
-from ..features.seams import merge_set
+from ..features.seams import merge_set, on_columns
 from ..imagery.encode import encode_tile
 from ..imagery.geolocate import Georeference
 from ..imagery.grid import Tile
@@ -75,10 +75,13 @@ class TileFailed(Exception):
 
 @dataclass
 class TileResult:
-    """What one tile produced: every raw feature text (for the feature table) and the tile's merged set."""
+    """What one tile produced: every raw feature text (for the feature table) and the tile's set, merged
+    inside itself unless ``merge_later`` (then :func:`~modelrunner.features.seams.merge_tiles` merges it with
+    the region's other tiles, in one NMS)."""
 
     raw_texts: list[str]
     merged: FeatureSet
+    merge_later: bool = False
 
 
 @dataclass
@@ -121,6 +124,8 @@ class TileStep:
             FeatureSet(texts, columns.boxes, columns.scores, columns.labels, np.ones(len(texts), dtype=bool))
         if self.option.algorithm_type == "SOFT_NMS":  # decayed once, at completion
             return TileResult(texts, tile_set)
+        if on_columns(tile_set, self.option):  # NMS on boxes: merged with the region's other tiles at once
+            return TileResult(texts, tile_set, merge_later=True)
         return TileResult(texts, merge_set(tile_set, self.option, self.relocate, features))
 
     def _detect(self, tile: Tile, payload: bytes) -> tuple[list[Feature], BoxColumns | None]:

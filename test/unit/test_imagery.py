@@ -102,6 +102,24 @@ def test_bands_and_pixel_types(tmp_path, bands, dtype):
         assert window.shape == (bands, 40, 50) and str(window.dtype) == dtype
 
 
+@pytest.mark.parametrize("epsg", [4326, 32618, 3857])
+def test_the_geotransform_shortcut_gives_gdal_s_numbers_or_is_not_taken(tmp_path, epsg):
+    """A WGS84 geotransform is applied without GDAL's bindings, bit for bit what GDAL's transformer gives (at
+    pixels it was not probed with, fractions and outside the image included); a projected image keeps GDAL's
+    transformer (it reprojects)."""
+    scene = make_scene(str(tmp_path / "s.tif"), 500, 400, seed=3, epsg=epsg)
+    with ImageSource.open(scene.path) as source:
+        geolocator = Geolocator.for_dataset(source.dataset)
+        assert geolocator is not None and (geolocator._affine is not None) == (epsg == 4326)
+        pixels = np.random.default_rng(11).uniform(-100, 600, (5000, 2)).round(3)
+        expected, _ = gdal.Transformer(source.dataset, None, ["DST_SRS=EPSG:4326"]).TransformPoints(0, pixels.tolist())
+        got = geolocator.to_world(pixels)
+        assert np.array_equal(got[:, :2], np.array(expected)[:, :2]) and np.all(got[:, 2] == 0.0)
+        geolocator.close()
+        with pytest.raises(ImageError, match="closed"):
+            geolocator.to_world(pixels[:1])
+
+
 def test_utm_input_is_reprojected_to_wgs84(tmp_path):
     scene = make_scene(str(tmp_path / "utm.tif"), 400, 300, seed=2, epsg=32618)
     with ImageSource.open(scene.path) as source:

@@ -135,9 +135,10 @@ def merge_tiles(sets: Sequence[FeatureSet], option: DistillationOption) -> list[
     union = FeatureSet.concat([sets[i] for i in batch])
     sizes = [len(sets[i]) for i in batch]
     group = np.repeat(np.arange(len(batch), dtype=np.int64), sizes)
-    if not option.class_agnostic:
-        names, codes = np.unique(np.array(union.labels, dtype=object), return_inverse=True)
-        group = group * len(names) + codes.reshape(-1)
+    if not option.class_agnostic:  # label codes in name order (np.unique would sort every label as an object)
+        first = dict.fromkeys(union.labels)
+        rank = {name: code for code, name in enumerate(sorted(first))}
+        group = group * len(rank) + np.fromiter(map(rank.__getitem__, union.labels), np.int64, len(union))
     texts = union.texts
     order = canonical_order(union.boxes, union.scores, group, lambda members: [texts[k] for k in members.tolist()])
     kept = np.zeros(len(union), dtype=bool)

@@ -104,7 +104,7 @@ class FeatureStore:
         texts = list(texts)
         lengths = list(map(len, texts))  # characters; DynamoDB counts UTF-8 bytes
         parts: list[dict[str, Any]] = []
-        if sum(lengths) <= ITEM_BYTES and "".join(texts).isascii():  # a tile's features fit in one item
+        if sum(lengths) <= ITEM_BYTES and all(map(str.isascii, texts)):  # a tile's features fit in one item
             chunks = [texts]
         else:
             chunks = [[]]

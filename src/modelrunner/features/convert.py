@@ -29,8 +29,8 @@ Relocate = Callable[[Feature], Feature]
 """Gives a feature whose pixel geometry a merge changed its world geometry again (see :func:`relocator`)."""
 
 # Model properties the output never carries (the reference removes them).
-_DROPPED = ("inferenceTime", "bounds_imcoords", "geom_imcoords", "detection_score", "feature_types",
-            "image_id", "adjusted_feature_types")
+_DROPPED = frozenset({"inferenceTime", "bounds_imcoords", "geom_imcoords", "detection_score", "feature_types",
+                      "image_id", "adjusted_feature_types"})
 _GEOMETRY_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon"}
 
 
@@ -284,10 +284,11 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
     fill ``geometry``, ``bbox`` (from the (n, 4) ``bboxes`` where ``has_bbox``) and the centre lon/lat.
     Returns the rounded rings (what the features now hold)."""
     rings = np.round(rings, 6)
-    for feature, ring in zip(features, rings.tolist(), strict=True):
-        props = feature["properties"]
-        props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[ring])
+    pixel_rings = rings.tolist()
     if to_world is None:
+        for feature, ring in zip(features, pixel_rings, strict=True):
+            props = feature["properties"]
+            props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[ring])
         return rings
     n = len(features)
     x, y = rings[:, :, 0], rings[:, :, 1]
@@ -307,8 +308,9 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
     lon_min, lat_min = world_corners[:, :, 0].min(axis=1).tolist(), world_corners[:, :, 1].min(axis=1).tolist()
     lon_max, lat_max = world_corners[:, :, 0].max(axis=1).tolist(), world_corners[:, :, 1].max(axis=1).tolist()
     centres = world[9 * n:, :2].tolist()
-    for i, feature in enumerate(features):
+    for i, feature in enumerate(features):  # one pass: pixel and world geometry
         props = feature["properties"]
+        props["imageGeometry"] = dict(props["imageGeometry"], coordinates=[pixel_rings[i]])
         feature["geometry"] = {"type": "Polygon", "coordinates": [world_rings[i]]}
         if has_bbox[i]:
             feature["bbox"] = [lon_min[i], lat_min[i], lon_max[i], lat_max[i]]
@@ -486,8 +488,8 @@ def finish(features: Iterable[Feature], *, job_id: str, inference_dt: str,
             props.update(copy.deepcopy(dict(extra)))
         if source_metadata:
             props["sourceMetadata"] = copy.deepcopy(source_metadata)
-        for key in _DROPPED:
-            if props.get(key):
+        for key in _DROPPED.intersection(props):  # a C-level pass: most features carry none of them
+            if props[key]:
                 del props[key]
         out.append(feature)
     return out

@@ -98,7 +98,7 @@ class SignedPath:
         parsing, pool lookup by a normalised key, redirect handling) costs a tenth of a call again."""
         url = str(request.url)
         target = self._targets.get(url)
-        if target is None or target[0].pool is None:  # not seen yet, or its pool was closed (evicted)
+        if target is None:  # (urllib3 2's pool manager drops the pools it evicts without closing them)
             parsed = urllib3.util.parse_url(url)
             target = self._targets[url] = (self.connections().connection_from_url(url), parsed.request_uri)
         pool, path = target

@@ -38,6 +38,8 @@ class SinkResult:
 def feature_label(feature: Any, index: int) -> str:
     """A short name for a feature in failure reasons: its GeoJSON ``id``, else ``properties.id``, else
     its position in the job's feature stream (so a reason is never anonymous)."""
+    if type(feature) is str:  # the runner's own features are texts: named by position, without an ABC check
+        return f"#{index}"
     if isinstance(feature, Mapping):
         ident = feature.get("id")
         if ident in (None, ""):

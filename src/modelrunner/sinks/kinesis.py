@@ -329,13 +329,12 @@ class _Batches:
 
     def __init__(self, settings: _Sending, shards: _ShardMap, per_call: int) -> None:
         self.settings, self.shards, self.per_call = settings, shards, per_call
-        self.single = len(shards) == 1
         self.senders: dict[int, _ShardSender] = {}
         self.pending: dict[int, list[_Record]] = {}
         self.pending_bytes: dict[int, int] = {}
 
     def add(self, record: _Record) -> None:
-        shard = 0 if self.single else self.shards.shard_of(record.key)
+        shard = self.shards.shard_of(record.key)
         batch = self.pending.get(shard)
         if batch is None:
             batch = self.pending[shard] = []
@@ -552,10 +551,8 @@ def _records(features: Iterable[dict[str, Any] | str], output: KinesisOutput, jo
         if encoded is None:
             continue
         if one_each:  # the default: a record per feature, built here without gathering
-            progress.expect(chunk, 1)
             label, text, key = encoded
-            data = _HEAD + text + _TAIL
-            yield _Record(label, data, key, len(data) + _key_bytes(key), 1, chunk)
+            yield _record(progress, label, text, key, 1, chunk)
             continue
         if group.texts and group.full_for(encoded[1], encoded[2]):
             yield group.take(progress)
@@ -581,15 +578,13 @@ class _Encoder:
         self.frame = len(_HEAD) + len(_TAIL)
 
     def __call__(self, feature: dict[str, Any] | str, index: int, chunk: int) -> tuple[str, bytes, str] | None:
-        # The job's features are texts (one per record by default): their label is their position.
-        label = f"#{index}" if type(feature) is str else feature_label(feature, index)
+        label = feature_label(feature, index)
         try:
-            text = (feature if type(feature) is str else feature_json(feature)).encode("utf-8")
+            text = feature_json(feature).encode("utf-8")
         except (TypeError, ValueError) as err:
             self._failed(label, chunk, f"feature {label} cannot be serialised as JSON: {err}")
             return None
-        key = self.job_id if self.kind == "jobId" else \
-            _partition_key(self.kind, self.job_id, self.prefix, text, self.tile_stride, index)
+        key = _partition_key(self.kind, self.job_id, self.prefix, text, self.tile_stride, index)
         one_size = self.frame + len(text) + _key_bytes(key)
         if one_size > MAX_RECORD_BYTES:
             self._failed(label, chunk, f"feature {label} is {one_size:,} bytes as a Kinesis record (data + "
@@ -632,13 +627,18 @@ class _Group:
 
     def take(self, progress: _Progress) -> _Record:
         """The record of the features gathered (called with some gathered), expected by ``progress``."""
-        texts, labels = self.texts, self.labels
-        progress.expect(self.chunk, len(texts))
-        data = _HEAD + texts[0] + _TAIL if len(texts) == 1 else _HEAD + _SEPARATOR.join(texts) + _TAIL
+        labels = self.labels
         label = labels[0] if len(labels) == 1 else f"{labels[0]}..{labels[-1]}"
-        record = _Record(label, data, self.key, len(data) + _key_bytes(self.key), len(texts), self.chunk)
+        record = _record(progress, label, _SEPARATOR.join(self.texts), self.key, len(self.texts), self.chunk)
         self.texts, self.labels, self.body = [], [], 0
         return record
+
+
+def _record(progress: _Progress, label: str, body: bytes, key: str, features: int, chunk: int) -> _Record:
+    """The record of ``features`` features (``body``: their texts, separated), expected by ``progress``."""
+    progress.expect(chunk, features)
+    data = _HEAD + body + _TAIL
+    return _Record(label, data, key, len(data) + _key_bytes(key), features, chunk)
 
 
 def _key_bytes(key: str) -> int:

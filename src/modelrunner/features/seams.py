@@ -135,10 +135,9 @@ def merge_tiles(sets: Sequence[FeatureSet], option: DistillationOption) -> list[
     union = FeatureSet.concat([sets[i] for i in batch])
     sizes = [len(sets[i]) for i in batch]
     group = np.repeat(np.arange(len(batch), dtype=np.int64), sizes)
-    if not option.class_agnostic:  # label codes in name order (np.unique would sort every label as an object)
-        first = dict.fromkeys(union.labels)
-        rank = {name: code for code, name in enumerate(sorted(first))}
-        group = group * len(rank) + np.fromiter(map(rank.__getitem__, union.labels), np.int64, len(union))
+    if not option.class_agnostic:
+        names, codes = _label_codes(union.labels)
+        group = group * names + codes
     texts = union.texts
     order = canonical_order(union.boxes, union.scores, group, lambda members: [texts[k] for k in members.tolist()])
     kept = np.zeros(len(union), dtype=bool)
@@ -150,6 +149,13 @@ def merge_tiles(sets: Sequence[FeatureSet], option: DistillationOption) -> list[
         out[i] = sets[i].take(np.array(sorted(picks, key=tile_texts.__getitem__), dtype=np.int64))
         start += size
     return out
+
+
+def _label_codes(labels: list[str]) -> tuple[int, np.ndarray]:
+    """How many distinct labels, and each label's code in name order (what ``np.unique(labels,
+    return_inverse=True)`` gives, from a dict of the distinct names rather than a sort of every label)."""
+    rank = {name: code for code, name in enumerate(sorted(dict.fromkeys(labels)))}
+    return len(rank), np.fromiter(map(rank.__getitem__, labels), np.int64, len(labels))
 
 
 def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relocate | None = None,
@@ -167,7 +173,7 @@ def merge_set(candidates: FeatureSet, option: DistillationOption, relocate: Relo
         # Ties beyond score, box and label are broken by the text, never by arrival order.
         by_text = np.argsort(np.array(candidates.texts, dtype=object), kind="stable")
         ordered = candidates.take(by_text)
-        labels = None if option.class_agnostic else np.unique(ordered.labels, return_inverse=True)[1]
+        labels = None if option.class_agnostic else _label_codes(ordered.labels)[1]
         kept = nms_indices(ordered.boxes, ordered.scores, labels, option.iou_threshold, option.match_metric)
         return ordered.take(np.sort(kept))
     if features is None:

@@ -321,7 +321,6 @@ def _place_rings(features: Sequence[Feature], rings: np.ndarray, bboxes: np.ndar
 _CORNERS = [0, 1, 2, 1, 2, 3, 0, 3]  # imageBBox -> its corners (x0, y0), (x1, y0), (x1, y1), (x0, y1)
 
 
-
 @dataclass(frozen=True)
 class BoxColumns:
     """What the box merges read from a tile's features (pixel boxes, scores, labels; all of them boxes),

@@ -63,12 +63,12 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
-# After this many vectorised rounds the rest of a conflict graph is finished by a plain sequential loop: a
-# round decides at least the best undecided box of every component, so rounds are few for real detections
-# (chains of a handful of duplicates) but would be quadratic on a pathological long chain of boxes.
 POINT_PAD = 0.1
 """Pixels added to a zero width or height, so Points and degenerate boxes have an area and can match."""
 
+# After this many vectorised rounds the rest of a conflict graph is finished by a plain sequential loop: a
+# round decides at least the best undecided box of every component, so rounds are few for real detections
+# (chains of a handful of duplicates) but would be quadratic on a pathological long chain of boxes.
 _MAX_ROUNDS = 24
 _LEXSORT_BELOW = 3000  # boxes: np.lexsort beats radix_argsort below this (2 against 57 us at 100; even near 4,000)
 # Slack on the grid reach, so rounding in the metric can never create a pair the grid did not offer.

@@ -6,6 +6,8 @@ the grid + conflict-graph implementation selects exactly what the quadratic refe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from ensemble_boxes import nms as eb_nms
@@ -189,27 +191,30 @@ def test_per_class_is_nms_of_each_class(data: tuple[np.ndarray, ...], t: float) 
     assert keep == union
 
 
+def _merges_as_reference(merge: Any, reference: Any, data: tuple[np.ndarray, ...], t: float, metric: str) -> list[int]:
+    """``merge`` keeps, in canonical order, the boxes ``reference`` (SAHI's algorithm, run in that order) keeps,
+    each grown to the reference's merged box; returns the kept indices."""
+    boxes, scores, labels = data
+    order = canonical_order(boxes, scores, labels)
+    keep, merged = merge(boxes, scores, labels, t, metric)
+    expected = reference(boxes, order, labels, t, metric)
+    assert keep.tolist() == [k for k in order.tolist() if k in expected]
+    np.testing.assert_array_equal(merged, np.array([expected[k] for k in keep.tolist()]).reshape(-1, 4))
+    return list(keep.tolist())
+
+
 @SETTINGS
 @given(tiled_boxes(), thresholds, st.sampled_from(["IOU", "IOS"]))
 def test_greedy_nmm_is_sahi_greedy_nmm(data: tuple[np.ndarray, ...], t: float, metric: str) -> None:
+    keep = _merges_as_reference(greedy_nmm_indices, reference_nmm, data, t, metric)
     boxes, scores, labels = data
-    order = canonical_order(boxes, scores, labels)
-    keep, merged = greedy_nmm_indices(boxes, scores, labels, t, metric)
-    expected = reference_nmm(boxes, order, labels, t, metric)
-    assert keep.tolist() == [k for k in order.tolist() if k in expected]
-    np.testing.assert_array_equal(merged, np.array([expected[k] for k in keep.tolist()]).reshape(-1, 4))
-    assert keep.tolist() == nms_indices(boxes, scores, labels, t, metric).tolist()
+    assert keep == nms_indices(boxes, scores, labels, t, metric).tolist()
 
 
 @SETTINGS
 @given(tiled_boxes(), thresholds, st.sampled_from(["IOU", "IOS"]))
 def test_nmm_is_sahi_transitive_nmm(data: tuple[np.ndarray, ...], t: float, metric: str) -> None:
-    boxes, scores, labels = data
-    order = canonical_order(boxes, scores, labels)
-    keep, merged = nmm_indices(boxes, scores, labels, t, metric)
-    expected = reference_transitive_nmm(boxes, order, labels, t, metric)
-    assert keep.tolist() == [k for k in order.tolist() if k in expected]
-    np.testing.assert_array_equal(merged, np.array([expected[k] for k in keep.tolist()]).reshape(-1, 4))
+    _merges_as_reference(nmm_indices, reference_transitive_nmm, data, t, metric)
 
 
 def test_transitive_nmm_follows_a_chain_that_greedy_nmm_cuts() -> None:
